@@ -1,0 +1,219 @@
+// Command pgcrypt-proxy is a PostgreSQL wire-protocol proxy that encrypts
+// the columns listed in a policy. Run "pgcrypt-proxy help" for usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
+	"github.com/pgcrypt/pgcrypt-proxy/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `pgcrypt-proxy: transparent column encryption for PostgreSQL
+
+Usage:
+  pgcrypt-proxy serve   [--config FILE] [--SETTING VALUE ...]   run the proxy
+  pgcrypt-proxy version                                          print the version
+
+Every setting of the config file can also be given as a flag named by its
+path (--upstream.tls.mode disable) or as an environment variable
+(PGCRYPT_UPSTREAM_TLS_MODE=disable). Flags override the environment, which
+overrides the file. "pgcrypt-proxy serve --help" lists the settings.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "pgcrypt-proxy %s (%s, %s/%s)\n", version, buildInfo(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "pgcrypt-proxy: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func buildInfo() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown build"
+	}
+	return bi.GoVersion
+}
+
+// configFlags registers --config and one flag per config setting, and
+// returns a function that loads the configuration after parsing.
+func configFlags(fs *flag.FlagSet) func() (*config.Config, error) {
+	path := fs.String("config", "", "config file (default "+config.DefaultFile+")")
+	overrides := map[string]string{}
+	for _, name := range config.Fields() {
+		if strings.Contains(name, ".NAME.") {
+			continue
+		}
+		fs.Func(name, "set "+name, func(v string) error {
+			overrides[name] = v
+			return nil
+		})
+	}
+	return func() (*config.Config, error) {
+		p := *path
+		explicit := p != ""
+		if !explicit {
+			if env := os.Getenv(config.EnvPrefix + "CONFIG"); env != "" {
+				p, explicit = env, true
+			}
+		}
+		return config.Load(p, explicit, os.Environ(), overrides)
+	}
+}
+
+func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
+	level, err := zerolog.ParseLevel(cfg.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	if cfg.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	load := configFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+		return 2
+	}
+	log := newLogger(cfg.Log, stderr)
+
+	pcfg, err := proxyConfig(cfg, log)
+	if err != nil {
+		log.Error().Err(err).Msg("invalid configuration")
+		return 2
+	}
+	srv, err := proxy.New(pcfg)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot start")
+		return 1
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot listen")
+		return 1
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	log.Info().Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).
+		Str("upstream_tls", cfg.Upstream.TLS.Mode).Str("client_tls", cfg.ClientTLS.Mode).
+		Str("config", cfg.Source()).Str("version", version).Msg("pgcrypt-proxy serving")
+
+	select {
+	case err := <-served:
+		if err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+			log.Error().Err(err).Msg("serve failed")
+			return 1
+		}
+		return 0
+	case sig := <-sigs:
+		log.Info().Str("signal", sig.String()).Dur("grace", cfg.ShutdownGrace.D()).
+			Int("sessions", srv.ActiveSessions()).Msg("shutting down: no new connections; idle sessions close now, busy ones when they finish")
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
+	defer scancel()
+	go func() {
+		// A second signal skips the grace period.
+		<-sigs
+		log.Warn().Msg("second signal: closing all sessions now")
+		scancel()
+	}()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("shutdown grace ended; remaining sessions were closed")
+	}
+	<-served
+	log.Info().Msg("pgcrypt-proxy stopped")
+	return 0
+}
+
+func proxyConfig(cfg *config.Config, log zerolog.Logger) (proxy.Config, error) {
+	host, _, _ := net.SplitHostPort(cfg.Upstream.Address)
+	up := cfg.Upstream.TLS
+	upTLS, err := proxy.UpstreamTLSConfig(up.Mode, up.CAFile, up.ServerName, host, up.CertFile, up.KeyFile)
+	if err != nil {
+		return proxy.Config{}, err
+	}
+	pc := proxy.Config{
+		Upstream:            cfg.Upstream.Address,
+		UpstreamTLS:         upTLS,
+		UpstreamDialTimeout: cfg.Upstream.DialTimeout.D(),
+		ClientTLSRequired:   cfg.ClientTLS.Mode == "require",
+		MaxConnections:      cfg.Limits.MaxConnections,
+		StartupTimeout:      cfg.Limits.StartupTimeout.D(),
+		IdleTimeout:         cfg.Limits.IdleTimeout.D(),
+		Logger:              log,
+	}
+	if cfg.ClientTLS.Mode != "disable" {
+		pc.ClientTLS, err = proxy.ClientTLSConfig(cfg.ClientTLS.CertFile, cfg.ClientTLS.KeyFile)
+		if err != nil {
+			return proxy.Config{}, err
+		}
+	}
+	if cfg.ClientTLS.Mode != "require" {
+		log.Warn().Str("client_tls", cfg.ClientTLS.Mode).Msg("clients may connect without TLS; use client_tls.mode: require in production")
+	}
+	if cfg.Upstream.TLS.Mode == "disable" || cfg.Upstream.TLS.Mode == "require" {
+		log.Warn().Str("upstream_tls", cfg.Upstream.TLS.Mode).Msg("the upstream server's identity is not verified; use upstream.tls.mode: verify-full in production")
+	}
+	return pc, nil
+}
+
+func indent(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = "  " + l
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"time"
+)
+
+var errConnReset = syscall.ECONNRESET
+
+// flushThreshold is how much a pump buffers before writing even though more
+// input is already buffered (large COPY streams and result sets).
+const flushThreshold = 64 << 10
+
+// relay runs the two pumps until either side closes.
+//
+// Each pump reads whatever its peer has sent in one read, handles every
+// whole message in the buffer, and writes what it produced in one write
+// before it blocks on the next read. So a pipelined batch costs one read and
+// one write per direction, however many messages it holds.
+func (s *session) relay(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() { s.forceClose("server context cancelled") })
+	defer stop()
+
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error().Interface("panic", r).Stack().Msg("BUG: server pump panicked; connection closed")
+				done <- errors.New("panic")
+			}
+		}()
+		done <- s.serverPump()
+	}()
+	clientErr := s.clientPump()
+	// Whatever ended first, the other side must end too.
+	if clientErr != nil && !errors.Is(clientErr, errClientTerminated) && s.pendingRFQ.Load() > 0 && s.state() != stateClosed {
+		// The client vanished mid-query: cancel the query so the server
+		// does not keep running it for nobody.
+		s.cancelUpstream(ctx)
+	}
+	s.close()
+	serverErr := <-done
+
+	ev := s.log.Info()
+	switch {
+	case errors.Is(clientErr, errClientTerminated):
+		ev = ev.Str("reason", "client terminated")
+	case clientErr != nil && !isClosedErr(clientErr):
+		ev = s.log.Warn().Str("reason", "client connection error").AnErr("client_error", clientErr)
+	case serverErr != nil && !isClosedErr(serverErr):
+		ev = s.log.Warn().Str("reason", "server connection error").AnErr("server_error", serverErr)
+	default:
+		ev = ev.Str("reason", "connection closed")
+	}
+	ev.Dur("duration", time.Since(s.started)).Int64("bytes_from_client", s.cr.read).
+		Int64("bytes_from_server", s.sr.read).Msg("session closed")
+}
+
+var errClientTerminated = errors.New("client sent Terminate")
+
+// clientPump relays client → server.
+func (s *session) clientPump() error {
+	for {
+		if !s.cr.buffered() {
+			if err := s.flushServer(); err != nil {
+				return err
+			}
+		}
+		typ, msg, err := s.cr.next()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'Q', 'S', 'F':
+			// Each of these is answered by exactly one ReadyForQuery.
+			if s.pendingRFQ.Add(1) == 1 {
+				s.setBusy()
+			}
+		case 'X':
+			s.toServer = append(s.toServer, msg...)
+			_ = s.flushServer()
+			return errClientTerminated
+		}
+		s.toServer = append(s.toServer, msg...)
+		if len(s.toServer) >= flushThreshold {
+			if err := s.flushServer(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// serverPump relays server → client.
+func (s *session) serverPump() error {
+	for {
+		if !s.sr.buffered() {
+			if err := s.flushClient(); err != nil {
+				return err
+			}
+		}
+		typ, msg, err := s.sr.next()
+		if err != nil {
+			return err
+		}
+		s.toClient = append(s.toClient, msg...)
+		if typ == 'Z' && len(msg) >= 6 {
+			s.txStatus.Store(uint32(msg[5]))
+			if s.pendingRFQ.Add(-1) <= 0 {
+				s.pendingRFQ.Store(0)
+				s.setIdle()
+			}
+		}
+		if len(s.toClient) >= flushThreshold {
+			if err := s.flushClient(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *session) setBusy() {
+	s.mu.Lock()
+	if s.mu.state == stateIdle {
+		s.mu.state = stateBusy
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) setIdle() {
+	s.mu.Lock()
+	if s.mu.state == stateBusy {
+		s.mu.state = stateIdle
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) flushServer() error {
+	if len(s.toServer) == 0 {
+		return nil
+	}
+	_, err := s.server.Write(s.toServer)
+	s.toServer = shrink(s.toServer)
+	return err
+}
+
+func (s *session) flushClient() error {
+	if len(s.toClient) == 0 {
+		return nil
+	}
+	s.clientWriteMu.Lock()
+	_, err := s.client.Write(s.toClient)
+	s.clientWriteMu.Unlock()
+	s.toClient = shrink(s.toClient)
+	return err
+}
+
+// shrink empties a write buffer, giving back memory after a large burst.
+func shrink(b []byte) []byte {
+	if cap(b) > 4*flushThreshold {
+		return make([]byte, 0, initialBufSize)
+	}
+	return b[:0]
+}
+
+// cancelUpstream asks the server to cancel the session's running query.
+func (s *session) cancelUpstream(ctx context.Context) {
+	if s.backendKey == nil {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	s.srv.forwardCancel(cctx, s.backendKey, s.log)
+}
