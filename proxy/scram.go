@@ -50,6 +50,8 @@ func newSCRAMClient(password string, cbData []byte, rnd io.Reader) (*scramClient
 		return nil, err
 	}
 	c := &scramClient{password: []byte(password), cbData: cbData, nonce: base64.StdEncoding.EncodeToString(raw)}
+	// PostgreSQL takes the user name from the startup packet and ignores
+	// the SCRAM one, which libpq leaves empty too.
 	c.firstBare = "n=,r=" + c.nonce
 	return c, nil
 }

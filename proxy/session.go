@@ -363,8 +363,11 @@ func (s *session) readStartup(ctx context.Context) ([]byte, *pgproto3.StartupMes
 			s.srv.forwardCancel(ctx, &cr, s.log)
 			return nil, nil, errCancelHandled
 		case pgproto3.ProtocolVersion30, pgproto3.ProtocolVersion32:
-			var sm pgproto3.StartupMessage
-			if err := sm.Decode(body); err != nil {
+			sm := pgproto3.StartupMessage{ProtocolVersion: code, Parameters: map[string]string{}}
+			if len(body) == 5 && body[4] == 0 {
+				// No parameters at all: valid framing, refused below for
+				// want of a user, as PostgreSQL does.
+			} else if err := sm.Decode(body); err != nil {
 				return nil, nil, &clientError{code: "08P01", message: "invalid startup packet", cause: err}
 			}
 			if sm.Parameters["user"] == "" {
