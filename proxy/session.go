@@ -79,7 +79,7 @@ type session struct {
 	// backendKey is the server's BackendKeyData, to cancel a query whose
 	// client vanished.
 	backendKey *pgproto3.CancelRequest
-	database  string
+	database   string
 
 	cr *msgReader // client → proxy
 	sr *msgReader // server → proxy
