@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"os"
 	"syscall"
 	"time"
 )
@@ -45,6 +46,8 @@ func (s *session) relay(ctx context.Context) {
 
 	ev := s.log.Info()
 	switch {
+	case errors.Is(clientErr, errIdleTimeout):
+		ev = ev.Str("reason", "idle timeout")
 	case errors.Is(clientErr, errClientTerminated):
 		ev = ev.Str("reason", "client terminated")
 	case clientErr != nil && !isClosedErr(clientErr):
@@ -58,7 +61,16 @@ func (s *session) relay(ctx context.Context) {
 		Int64("bytes_from_server", s.sr.read).Msg("session closed")
 }
 
-var errClientTerminated = errors.New("client sent Terminate")
+var (
+	errClientTerminated = errors.New("client sent Terminate")
+	errIdleTimeout      = errors.New("idle timeout")
+)
+
+// idleOutsideTx reports whether the session owes the client nothing and is
+// not inside a transaction block.
+func (s *session) idleOutsideTx() bool {
+	return s.state() == stateIdle && s.pendingRFQ.Load() == 0 && byte(s.txStatus.Load()) == 'I'
+}
 
 // clientPump relays client → server.
 func (s *session) clientPump() error {
@@ -70,7 +82,21 @@ func (s *session) clientPump() error {
 		}
 		typ, msg, err := s.cr.next()
 		if err != nil {
+			if s.srv.cfg.IdleTimeout > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				if s.idleOutsideTx() {
+					s.log.Info().Dur("idle_timeout", s.srv.cfg.IdleTimeout).Msg("closing idle session")
+					s.terminate("57P05", "terminating connection due to idle-session timeout")
+					return errIdleTimeout
+				}
+				// The deadline was set for an earlier idle moment; the
+				// session is busy now.
+				_ = s.client.SetReadDeadline(time.Time{})
+				continue
+			}
 			return err
+		}
+		if s.srv.cfg.IdleTimeout > 0 {
+			_ = s.client.SetReadDeadline(time.Time{})
 		}
 		switch typ {
 		case 'Q', 'S', 'F':
@@ -110,6 +136,9 @@ func (s *session) serverPump() error {
 			if s.pendingRFQ.Add(-1) <= 0 {
 				s.pendingRFQ.Store(0)
 				s.setIdle()
+				if s.srv.cfg.IdleTimeout > 0 && msg[5] == 'I' {
+					_ = s.client.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout))
+				}
 			}
 		}
 		if len(s.toClient) >= flushThreshold {

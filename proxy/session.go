@@ -532,10 +532,8 @@ func (s *session) close() {
 // transaction: the client gets PostgreSQL's own "terminating connection
 // due to administrator command" and the server a Terminate.
 func (s *session) closeIfIdle() {
-	s.mu.Lock()
-	idle := s.mu.state == stateIdle && s.pendingRFQ.Load() == 0 && byte(s.txStatus.Load()) == 'I'
-	startup := s.mu.state == stateStartup
-	s.mu.Unlock()
+	idle := s.idleOutsideTx()
+	startup := s.state() == stateStartup
 	switch {
 	case idle:
 		s.terminate("57P01", "terminating connection due to administrator command")
