@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"syscall"
 	"time"
@@ -26,17 +27,24 @@ func (s *session) relay(ctx context.Context) {
 
 	done := make(chan error, 1)
 	go func() {
+		var err error
 		defer func() {
 			if r := recover(); r != nil {
 				s.log.Error().Interface("panic", r).Stack().Msg("BUG: server pump panicked; connection closed")
-				done <- errors.New("panic")
+				err = errors.New("panic")
 			}
+			// The server ended the session (or failed): whatever it said
+			// last has been flushed to the client; now the client must see
+			// the connection close, as it would directly.
+			s.serverDone.Store(true)
+			s.close()
+			done <- err
 		}()
-		done <- s.serverPump()
+		err = s.serverPump()
 	}()
 	clientErr := s.clientPump()
-	// Whatever ended first, the other side must end too.
-	if clientErr != nil && !errors.Is(clientErr, errClientTerminated) && s.pendingRFQ.Load() > 0 && s.state() != stateClosed {
+	if clientErr != nil && !errors.Is(clientErr, errClientTerminated) && !errors.Is(clientErr, errIdleTimeout) &&
+		!s.serverDone.Load() && s.pendingRFQ.Load() > 0 && s.state() != stateClosed {
 		// The client vanished mid-query: cancel the query so the server
 		// does not keep running it for nobody.
 		s.cancelUpstream(ctx)
@@ -50,12 +58,14 @@ func (s *session) relay(ctx context.Context) {
 		ev = ev.Str("reason", "idle timeout")
 	case errors.Is(clientErr, errClientTerminated):
 		ev = ev.Str("reason", "client terminated")
+	case s.serverDone.Load() && serverErr != nil && !isClosedErr(serverErr):
+		ev = s.log.Warn().Str("reason", "server connection error").AnErr("server_error", serverErr)
+	case s.serverDone.Load() && !errors.Is(serverErr, net.ErrClosed):
+		ev = ev.Str("reason", "server closed the connection")
 	case clientErr != nil && !isClosedErr(clientErr):
 		ev = s.log.Warn().Str("reason", "client connection error").AnErr("client_error", clientErr)
-	case serverErr != nil && !isClosedErr(serverErr):
-		ev = s.log.Warn().Str("reason", "server connection error").AnErr("server_error", serverErr)
 	default:
-		ev = ev.Str("reason", "connection closed")
+		ev = ev.Str("reason", "client closed the connection")
 	}
 	ev.Dur("duration", time.Since(s.started)).Int64("bytes_from_client", s.cr.read).
 		Int64("bytes_from_server", s.sr.read).Msg("session closed")

@@ -94,6 +94,7 @@ type session struct {
 	// pendingRFQ counts ReadyForQuery messages the server still owes:
 	// incremented by the client pump, decremented by the server pump.
 	pendingRFQ atomic.Int64
+	serverDone atomic.Bool   // the server pump has ended
 	txStatus   atomic.Uint32 // last ReadyForQuery status byte: 'I', 'T' or 'E'
 	lastActive atomic.Int64  // unix nanos of the last client message
 
@@ -178,7 +179,7 @@ func (s *session) run(ctx context.Context) {
 	if !s.setState(stateIdle) {
 		return
 	}
-	s.log.Info().Str("user", s.user).Str("database", s.database).Bool("client_tls", s.clientTLS).
+	s.log.Info().Str("database", s.database).Bool("client_tls", s.clientTLS).
 		Bool("upstream_tls", s.serverTLS).Dur("startup", time.Since(s.started)).Msg("session ready")
 	s.relay(ctx)
 }
@@ -512,7 +513,7 @@ func (srv *Server) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest
 	// PostgreSQL closes the connection once it has processed the request;
 	// waiting for that makes the cancel take effect before we return.
 	_, _ = io.Copy(io.Discard, conn)
-	log.Info().Uint32("backend_pid", cr.ProcessID).Msg("cancel request forwarded")
+	log.Info().Uint32("cancel_pid", cr.ProcessID).Msg("cancel request forwarded")
 }
 
 // close closes both connections once.
@@ -563,6 +564,6 @@ func (s *session) terminate(code, msg string) {
 
 // isClosedErr reports errors that mean "the other side went away".
 func isClosedErr(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
 		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errConnReset)
 }
