@@ -94,10 +94,14 @@ func (s *session) authenticate() error {
 		case 'S', 'N', 'v':
 			s.toClient = append(s.toClient, msg...)
 		case 'Z':
-			s.toClient = append(s.toClient, msg...)
 			if len(msg) >= 6 {
 				s.txStatus.Store(uint32(msg[5]))
 			}
+			rfq := append([]byte(nil), msg...)
+			if err := s.startEncryption(); err != nil {
+				return err
+			}
+			s.toClient = append(s.toClient, rfq...)
 			return s.flushClient()
 		default:
 			return &clientError{code: "08P01", message: fmt.Sprintf("unexpected message %q from the database server during authentication", typ)}

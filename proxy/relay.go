@@ -22,6 +22,7 @@ const flushThreshold = 64 << 10
 // before it blocks on the next read. So a pipelined batch costs one read and
 // one write per direction, however many messages it holds.
 func (s *session) relay(ctx context.Context) {
+	s.ctx = ctx
 	stop := context.AfterFunc(ctx, func() { s.forceClose("server context cancelled") })
 	defer stop()
 
@@ -119,7 +120,13 @@ func (s *session) clientPump() error {
 			_ = s.flushServer()
 			return errClientTerminated
 		}
-		s.toServer = append(s.toServer, msg...)
+		if s.encrypting {
+			if err := s.clientMessage(s.ctx, typ, msg); err != nil {
+				return err
+			}
+		} else {
+			s.toServer = append(s.toServer, msg...)
+		}
 		if len(s.toServer) >= flushThreshold {
 			if err := s.flushServer(); err != nil {
 				return err
@@ -140,8 +147,16 @@ func (s *session) serverPump() error {
 		if err != nil {
 			return err
 		}
-		s.toClient = append(s.toClient, msg...)
-		if typ == 'Z' && len(msg) >= 6 {
+		before := len(s.toClient)
+		if s.encrypting {
+			if err := s.serverMessage(s.ctx, typ, msg); err != nil {
+				return err
+			}
+		} else {
+			s.toClient = append(s.toClient, msg...)
+		}
+		if typ == 'Z' && len(s.toClient) > before {
+			msg = s.toClient[before:]
 			s.txStatus.Store(uint32(msg[5]))
 			if s.pendingRFQ.Add(-1) <= 0 {
 				s.pendingRFQ.Store(0)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
 )
 
 // Config is what a Server needs; cmd/pgcrypt-proxy builds it from the
@@ -40,6 +43,14 @@ type Config struct {
 	// its session is idle outside a transaction; 0 means never.
 	IdleTimeout time.Duration
 
+	// Policy holds the encryption policy; nil or an empty policy makes the
+	// proxy a pure pass-through.
+	Policy *policy.Holder
+	// Keys is the keystore of data keys; required when Policy has tables.
+	Keys Keys
+	// Rand is the source of nonces; nil means crypto/rand.
+	Rand io.Reader
+
 	Logger zerolog.Logger
 }
 
@@ -57,6 +68,7 @@ type Server struct {
 		draining  bool
 	}
 	sessionsDone sync.WaitGroup
+	pstate       pstatePtr
 }
 
 // New validates cfg and returns a Server.
@@ -72,6 +84,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.StartupTimeout <= 0 {
 		cfg.StartupTimeout = 30 * time.Second
+	}
+	if cfg.Policy != nil && cfg.Keys == nil && len(cfg.Policy.Current().TableNames()) > 0 {
+		return nil, errors.New("proxy: the policy lists tables but no keystore is configured")
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.mu.listeners = map[net.Listener]struct{}{}

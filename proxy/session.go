@@ -103,6 +103,31 @@ type session struct {
 		state connState
 	}
 	closeOnce sync.Once
+
+	ctx context.Context // the session's context, for KMS and keystore calls
+
+	// Encryption state, used when the policy has tables (encrypting).
+	encrypting bool
+	pol        *policyState // the client pump's policy snapshot
+	es         encState     // client pump
+	q          queue        // client pump → server pump
+	cat        atomic.Pointer[catalog]
+	tzName     atomic.Pointer[string] // the session's TimeZone, from ParameterStatus
+	// needCatalog asks the client pump to reload the catalog at the next
+	// point where nothing is in flight.
+	needCatalog bool
+	// abortPending asks the client pump to abort the server's transaction
+	// before the next statement (after a decryption failure).
+	abortPending atomic.Bool
+	// Server pump state.
+	failing        bool     // swallow replies until ReadyForQuery
+	statusOverride byte     // rewrite the next ReadyForQuery's status
+	qplan          *rowPlan // current simple-query result's plan
+	dec            *codec
+	decTZ          string
+	// Scratch buffers, each owned by one pump.
+	scratch, envBuf, bindBuf []byte // client pump
+	scratchDec, plainDec     []byte // server pump
 }
 
 func newSession(srv *Server, id uint64, c net.Conn) *session {

@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/pgcrypt/pgcrypt-proxy/crypto"
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
+	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
+)
+
+// Keys is the keystore as the proxy uses it; *keys.Store implements it.
+type Keys interface {
+	// Current is the data key for new writes of keyName, whose wrapping
+	// key lives in the KMS backend kmsName.
+	Current(ctx context.Context, keyName, kmsName string) (*crypto.Key, error)
+	// ByID is any data key that is not destroyed, for decryption.
+	ByID(ctx context.Context, id uint32) (*crypto.Key, error)
+	// Live lists every data-key version of keyName that may still hold
+	// values, for deterministic lookups.
+	Live(ctx context.Context, keyName string) ([]*crypto.Key, error)
+}
+
+// policyState is a policy snapshot with its analyser. The server keeps the
+// current one and rebuilds it when the policy holder swaps in a new policy.
+type policyState struct {
+	pol      *policy.Policy
+	analyzer *rewrite.Analyzer
+}
+
+func (srv *Server) policyState() *policyState {
+	if srv.cfg.Policy == nil {
+		return nil
+	}
+	p := srv.cfg.Policy.Current()
+	if st := srv.pstate.Load(); st != nil && st.pol == p {
+		return st
+	}
+	st := &policyState{pol: p, analyzer: rewrite.NewAnalyzer(p, rewrite.Options{})}
+	srv.pstate.Store(st)
+	return st
+}
+
+type pstatePtr = atomic.Pointer[policyState]
+
+// cryptoError is a failure to encrypt or decrypt a value. Its message is
+// for the client and never holds values or key material; cause is for the
+// log.
+type cryptoError struct {
+	code  string
+	msg   string
+	hint  string
+	cause error
+}
+
+func (e *cryptoError) Error() string {
+	if e.cause != nil {
+		return e.msg + ": " + e.cause.Error()
+	}
+	return e.msg
+}
+
+func (e *cryptoError) Unwrap() error { return e.cause }
+
+// encryptValue converts a client value to canonical plaintext and encrypts
+// it for col under its current data key, appending the envelope to dst.
+func (s *session) encryptValue(ctx context.Context, dst []byte, c *codec, col *policy.Column, format int16, val []byte) ([]byte, error) {
+	canon, err := c.toCanonical(s.scratch[:0], col.Type, format, val)
+	if err != nil {
+		return nil, err
+	}
+	s.scratch = canon
+	key, err := s.srv.cfg.Keys.Current(ctx, col.Key, s.kmsFor(col))
+	if err != nil {
+		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot encrypt column %s: its data key is unavailable", col), cause: err}
+	}
+	out, err := key.Encrypt(dst, cryptoMode(col.Mode), canon, []byte(col.Identity()), s.srv.cfg.Rand)
+	if err != nil {
+		return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot encrypt column %s", col), cause: err}
+	}
+	return out, nil
+}
+
+// candidates encrypts a value compared with a deterministic column under
+// every live data-key version and appends a binary bytea[] of them.
+func (s *session) candidates(ctx context.Context, dst []byte, c *codec, col *policy.Column, format int16, val []byte) ([]byte, error) {
+	canon, err := c.toCanonical(s.scratch[:0], col.Type, format, val)
+	if err != nil {
+		return nil, err
+	}
+	s.scratch = canon
+	if col.Mode != policy.Deterministic {
+		return nil, fmt.Errorf("BUG: comparison with randomized column %s reached the proxy", col)
+	}
+	live, err := s.srv.cfg.Keys.Live(ctx, col.Key)
+	if err == nil && len(live) == 0 {
+		// No data key yet: nothing was ever written, so nothing can match;
+		// the current key (created now) gives one harmless candidate.
+		var k *crypto.Key
+		if k, err = s.srv.cfg.Keys.Current(ctx, col.Key, s.kmsFor(col)); err == nil {
+			live = []*crypto.Key{k}
+		}
+	}
+	if err != nil {
+		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot search column %s: its data keys are unavailable", col), cause: err}
+	}
+	// One-dimensional array header: ndim, has-nulls, element type, then
+	// dimension length and lower bound.
+	dst = binary.BigEndian.AppendUint32(dst, 1)
+	dst = binary.BigEndian.AppendUint32(dst, 0)
+	dst = binary.BigEndian.AppendUint32(dst, byteaOID)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(live)))
+	dst = binary.BigEndian.AppendUint32(dst, 1)
+	aad := []byte(col.Identity())
+	for _, k := range live {
+		lenAt := len(dst)
+		dst = append(dst, 0, 0, 0, 0)
+		dst, err = k.Encrypt(dst, crypto.ModeDeterministic, canon, aad, nil)
+		if err != nil {
+			return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot search column %s", col), cause: err}
+		}
+		binary.BigEndian.PutUint32(dst[lenAt:], uint32(len(dst)-lenAt-4))
+	}
+	return dst, nil
+}
+
+// decryptValue decrypts a stored value of col (as the server sent it, in
+// serverFormat) and appends it in the client's format.
+func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *policy.Column, serverFormat, clientFormat int16, stored []byte) ([]byte, error) {
+	env := stored
+	if serverFormat == textFormat {
+		var err error
+		env, err = decodeByteaText(s.scratchDec[:0], stored)
+		if err != nil {
+			return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s: the stored value is not bytea", col), cause: err}
+		}
+		s.scratchDec = env
+	}
+	if !crypto.LooksLikeEnvelope(env) {
+		if col.Migrating {
+			// Legacy plaintext during a migration: the stored bytes are the
+			// value's canonical form.
+			return c.fromCanonical(dst, col.Type, clientFormat, env)
+		}
+		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s: the stored value is not ciphertext", col),
+			hint: "if the column still holds plaintext, mark it migrating: true in the policy and run encrypt-existing", cause: crypto.ErrNotEnvelope}
+	}
+	h, err := crypto.ParseHeader(env)
+	if err != nil {
+		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s", col), cause: err}
+	}
+	key, err := s.srv.cfg.Keys.ByID(ctx, h.KeyID)
+	if err != nil {
+		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot decrypt column %s: data key %d is unavailable", col, h.KeyID), cause: err}
+	}
+	plain, err := key.Decrypt(s.plainDec[:0], env, []byte(col.Identity()))
+	if err != nil {
+		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s", col), cause: err}
+	}
+	s.plainDec = plain
+	out, err := c.fromCanonical(dst, col.Type, clientFormat, plain)
+	if err != nil {
+		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s: the plaintext is not a valid %s", col, col.Type.Name), cause: err}
+	}
+	return out, nil
+}
+
+func (s *session) kmsFor(col *policy.Column) string {
+	return s.pol.pol.Keys[col.Key].KMS
+}
+
+func cryptoMode(m policy.Mode) crypto.Mode {
+	if m == policy.Deterministic {
+		return crypto.ModeDeterministic
+	}
+	return crypto.ModeRandomized
+}
+
+const (
+	byteaOID      = 17
+	byteaArrayOID = 1001
+)
+
+// appendByteaLiteral appends a SQL literal of a bytea value that reads the
+// same whatever standard_conforming_strings is.
+func appendByteaLiteral(dst, b []byte) []byte {
+	dst = append(dst, `E'\\x`...)
+	dst = hex.AppendEncode(dst, b)
+	return append(dst, `'::bytea`...)
+}
+
+// randReader is where nonces come from (crypto/rand unless a test says).
+func (srv *Server) randReader() io.Reader { return srv.cfg.Rand }
+
+var errNoKeys = errors.New("encryption is configured without a keystore")

@@ -1,0 +1,598 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
+	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
+)
+
+// This file is the encrypting half of the client pump: it tracks prepared
+// statements and portals, analyses SQL, encrypts what is bound for policy
+// columns, refuses what cannot be done safely, and queues for each message
+// what the server pump needs to handle its reply (results.go).
+
+// stmtInfo is a prepared statement as the proxy knows it.
+type stmtInfo struct {
+	res *rewrite.Result // nil: the statement touches no policy table
+	// describing is set by the client pump once a Describe of the
+	// statement has been sent, so its RowDescription reaches the server
+	// pump before any Execute of a portal made from it.
+	describing bool
+	// fields is the statement's RowDescription, set by the server pump.
+	fields    []pgproto3.FieldDescription
+	rowsKnown bool
+}
+
+func (st *stmtInfo) touches() bool { return st != nil && st.res != nil && st.res.Touches }
+
+// portalInfo is a bound portal.
+type portalInfo struct {
+	stmt          *stmtInfo
+	resultFormats []int16
+	describing    bool     // client pump: a Describe of the portal was sent
+	plan          *rowPlan // server pump: how to decrypt its rows
+}
+
+// expect is what the server pump must do with the reply to one message the
+// client pump sent. Entries are queued in the order messages reach the
+// server, which is the order replies come back.
+type expect struct {
+	kind    byte // the message: 'P','B','D','E','C','S','Q','F'; 'q' injected catalog query; 'a' injected abort
+	swallow bool // the proxy injected the message: its reply goes nowhere
+	refusal bool // the reply is the error the proxy raised for a refused statement
+	stmt    *stmtInfo
+	portal  *portalInfo
+	loader  *catalogLoader
+}
+
+// queue is a FIFO of expectations shared by the two pumps.
+type queue struct {
+	mu    sync.Mutex
+	items []expect
+	head  int
+}
+
+func (q *queue) push(e expect) {
+	q.mu.Lock()
+	q.items = append(q.items, e)
+	q.mu.Unlock()
+}
+
+// front returns the oldest entry, or nil.
+func (q *queue) front() *expect {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return nil
+	}
+	return &q.items[q.head]
+}
+
+func (q *queue) pop() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return
+	}
+	q.items[q.head] = expect{}
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head > 1024 && q.head*2 > len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		q.items, q.head = q.items[:n], 0
+	}
+}
+
+// popUntilSync drops the entries of messages the server skips after an
+// error in an extended-protocol batch: everything before the next Sync.
+func (q *queue) popUntilSync() {
+	for {
+		e := q.front()
+		if e == nil || e.kind == 'S' {
+			return
+		}
+		q.pop()
+	}
+}
+
+// encState is the client pump's encryption state of a session.
+type encState struct {
+	stmts      map[string]*stmtInfo
+	portals    map[string]*portalInfo
+	searchPath []string
+	inBatch    bool // extended-protocol messages sent since the last Sync
+	enc        *codec
+}
+
+// clientMessage handles one client message when the policy has tables.
+func (s *session) clientMessage(ctx context.Context, typ byte, msg []byte) error {
+	switch typ {
+	case 'Q':
+		return s.onQuery(ctx, msg)
+	case 'P':
+		return s.onParse(ctx, msg)
+	case 'B':
+		return s.onBind(ctx, msg)
+	case 'D':
+		return s.onDescribe(msg)
+	case 'E':
+		return s.onExecute(msg)
+	case 'C':
+		return s.onClose(msg)
+	case 'S':
+		s.es.inBatch = false
+		s.q.push(expect{kind: 'S'})
+	case 'F':
+		s.q.push(expect{kind: 'F'})
+	case 'H':
+		s.es.inBatch = true
+	}
+	s.toServer = append(s.toServer, msg...)
+	return nil
+}
+
+// beginStatement runs before a Query or a Parse: it picks up a reloaded
+// policy and, at a point where nothing is in flight, refreshes the catalog
+// when DDL or a reload made it stale.
+func (s *session) beginStatement() {
+	if st := s.srv.policyState(); st != s.pol {
+		s.pol = st
+		s.needCatalog = true
+	}
+	if s.needCatalog && !s.es.inBatch && s.pendingRFQ.Load() == 0 {
+		s.injectCatalogQuery()
+	}
+	if s.abortPending.Load() && !s.es.inBatch && s.pendingRFQ.Load() == 0 {
+		s.abortPending.Store(false)
+		s.pendingRFQ.Add(1)
+		s.toServer, _ = (&pgproto3.Query{String: raiseSQL("XX001", "pgcrypt-proxy: aborting the transaction after a decryption failure", "")}).Encode(s.toServer)
+		s.q.push(expect{kind: 'a', swallow: true})
+	}
+}
+
+// injectCatalogQuery sends the catalog query; its reply is consumed by the
+// server pump and never reaches the client.
+func (s *session) injectCatalogQuery() {
+	s.needCatalog = false
+	if s.pol == nil || len(s.pol.pol.TableNames()) == 0 {
+		s.cat.Store(&catalog{pol: s.pol.pol})
+		return
+	}
+	s.pendingRFQ.Add(1)
+	s.toServer, _ = (&pgproto3.Query{String: catalogQuery(s.pol.pol)}).Encode(s.toServer)
+	s.q.push(expect{kind: 'q', swallow: true, loader: newCatalogLoader(s.pol.pol)})
+}
+
+func (s *session) analyze(sql string) *rewrite.Result {
+	res := s.pol.analyzer.Analyze(sql, s.searchPath())
+	if res.SearchPathChanged {
+		if res.SearchPath != nil && !res.SearchPathLocal {
+			s.es.searchPath = res.SearchPath
+		} else {
+			// Unknown or transaction-local value: ask the server again
+			// before the next statement.
+			s.needCatalog = true
+		}
+	}
+	if res.Invalidates {
+		s.needCatalog = true
+	}
+	return res
+}
+
+func (s *session) searchPath() []string {
+	if s.es.searchPath != nil {
+		return s.es.searchPath
+	}
+	if c := s.cat.Load(); c != nil && c.searchPath != nil {
+		return c.searchPath
+	}
+	return []string{"public"}
+}
+
+func (s *session) onQuery(ctx context.Context, msg []byte) error {
+	s.beginStatement()
+	var q pgproto3.Query
+	if err := q.Decode(msg[5:]); err != nil {
+		return fmt.Errorf("malformed Query message: %w", err)
+	}
+	res := s.analyze(q.String)
+	if res.Refusal != nil {
+		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'Q')
+		return nil
+	}
+	if !res.Touches || len(res.Literals) == 0 && res.SQL == q.String {
+		s.q.push(expect{kind: 'Q'})
+		s.toServer = append(s.toServer, msg...)
+		return nil
+	}
+	sql, err := s.substituteLiterals(ctx, res)
+	if err != nil {
+		s.refuseErr(err, 'Q')
+		return nil
+	}
+	s.q.push(expect{kind: 'Q'})
+	s.toServer, _ = (&pgproto3.Query{String: sql}).Encode(s.toServer)
+	return nil
+}
+
+// substituteLiterals replaces each policy literal's placeholder with its
+// ciphertext literal.
+func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (string, error) {
+	if len(res.Literals) == 0 {
+		return res.SQL, nil
+	}
+	out := make([]byte, 0, len(res.SQL)+len(res.Literals)*128)
+	prev := 0
+	for _, l := range res.Literals {
+		out = append(out, res.SQL[prev:l.Start]...)
+		prev = l.End
+		if l.Null {
+			out = append(out, res.SQL[l.Start:l.End]...)
+			continue
+		}
+		if l.Use == rewrite.UseCompare {
+			cands, err := s.candidates(ctx, nil, s.es.enc, l.Column, textFormat, []byte(l.Value))
+			if err != nil {
+				return "", err
+			}
+			out = appendCandidateArrayLiteral(out, cands)
+			continue
+		}
+		env, err := s.encryptValue(ctx, s.envBuf[:0], s.es.enc, l.Column, textFormat, []byte(l.Value))
+		if err != nil {
+			return "", err
+		}
+		s.envBuf = env
+		out = appendByteaLiteral(out, env)
+	}
+	out = append(out, res.SQL[prev:]...)
+	return string(out), nil
+}
+
+// appendCandidateArrayLiteral turns a binary bytea[] (from candidates) into
+// an ARRAY[…]::bytea[] literal.
+func appendCandidateArrayLiteral(dst, arr []byte) []byte {
+	n := int(binary.BigEndian.Uint32(arr[12:]))
+	p := arr[20:]
+	dst = append(dst, "ARRAY["...)
+	for i := 0; i < n; i++ {
+		l := int(binary.BigEndian.Uint32(p))
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendByteaLiteral(dst, p[4:4+l])
+		p = p[4+l:]
+	}
+	return append(dst, "]::bytea[]"...)
+}
+
+func (s *session) onParse(ctx context.Context, msg []byte) error {
+	s.beginStatement()
+	s.es.inBatch = true
+	var p pgproto3.Parse
+	if err := p.Decode(msg[5:]); err != nil {
+		return fmt.Errorf("malformed Parse message: %w", err)
+	}
+	res := s.analyze(p.Query)
+	if res.Refusal != nil {
+		delete(s.es.stmts, p.Name)
+		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'P')
+		return nil
+	}
+	st := &stmtInfo{}
+	if !res.Touches {
+		s.es.stmts[p.Name] = st
+		s.q.push(expect{kind: 'P', stmt: st})
+		s.toServer = append(s.toServer, msg...)
+		return nil
+	}
+	st.res = res
+	oids := p.ParameterOIDs
+	if len(oids) < len(res.Params) {
+		oids = append(oids, make([]uint32, len(res.Params)-len(oids))...)
+	}
+	for i, prm := range res.Params {
+		if prm.Column == nil {
+			continue
+		}
+		if oids[i] != 0 && oids[i] != prm.Column.Type.OID && oids[i] != byteaOID && oids[i] != byteaArrayOID {
+			delete(s.es.stmts, p.Name)
+			s.refuse("42804", fmt.Sprintf("parameter $%d is declared with type OID %d, but column %s holds %s", i+1, oids[i], prm.Column, prm.Column.Type.Name),
+				"leave the parameter type unspecified or declare it as "+prm.Column.Type.Name, prm.Column, 'P')
+			return nil
+		}
+		if prm.Use == rewrite.UseCompare {
+			oids[i] = byteaArrayOID
+		} else {
+			oids[i] = byteaOID
+		}
+	}
+	sql, err := s.substituteLiterals(ctx, res)
+	if err != nil {
+		delete(s.es.stmts, p.Name)
+		s.refuseErr(err, 'P')
+		return nil
+	}
+	s.es.stmts[p.Name] = st
+	s.q.push(expect{kind: 'P', stmt: st})
+	s.toServer, _ = (&pgproto3.Parse{Name: p.Name, Query: sql, ParameterOIDs: oids}).Encode(s.toServer)
+	return nil
+}
+
+// cstrings reads the leading NUL-terminated strings of a message body.
+func cstrings(body []byte, n int) ([]string, bool) {
+	out := make([]string, 0, n)
+	for i := 0; i < n; i++ {
+		j := bytes.IndexByte(body, 0)
+		if j < 0 {
+			return nil, false
+		}
+		out = append(out, string(body[:j]))
+		body = body[j+1:]
+	}
+	return out, true
+}
+
+func (s *session) onBind(ctx context.Context, msg []byte) error {
+	s.es.inBatch = true
+	names, ok := cstrings(msg[5:], 2)
+	if !ok {
+		return errors.New("malformed Bind message")
+	}
+	portal, stmtName := names[0], names[1]
+	st := s.es.stmts[stmtName]
+	if !st.touches() {
+		delete(s.es.portals, portal)
+		s.q.push(expect{kind: 'B'})
+		s.toServer = append(s.toServer, msg...)
+		return nil
+	}
+	var b pgproto3.Bind
+	if err := b.Decode(msg[5:]); err != nil {
+		return fmt.Errorf("malformed Bind message: %w", err)
+	}
+	pi := &portalInfo{stmt: st, resultFormats: b.ResultFormatCodes}
+	params := st.res.Params
+	if len(b.Parameters) < len(params) {
+		// The server refuses the count mismatch; let it.
+		params = params[:len(b.Parameters)]
+	}
+	encrypting := false
+	for _, prm := range params {
+		if prm.Column != nil {
+			encrypting = true
+			break
+		}
+	}
+	if !encrypting {
+		s.es.portals[portal] = pi
+		s.q.push(expect{kind: 'B', portal: pi})
+		s.toServer = append(s.toServer, msg...)
+		return nil
+	}
+	formats := make([]int16, len(b.Parameters))
+	for i := range formats {
+		switch len(b.ParameterFormatCodes) {
+		case 0:
+		case 1:
+			formats[i] = b.ParameterFormatCodes[0]
+		default:
+			if i < len(b.ParameterFormatCodes) {
+				formats[i] = b.ParameterFormatCodes[i]
+			}
+		}
+	}
+	buf := s.bindBuf[:0]
+	offs := make([]int, 0, len(params))
+	for i, prm := range params {
+		if prm.Column == nil || b.Parameters[i] == nil {
+			continue
+		}
+		start := len(buf)
+		var err error
+		if prm.Use == rewrite.UseCompare {
+			buf, err = s.candidates(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
+		} else {
+			buf, err = s.encryptValue(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
+		}
+		if err != nil {
+			delete(s.es.portals, portal)
+			s.refuseErr(annotateParam(err, i, prm.Column), 'B')
+			return nil
+		}
+		offs = append(offs, i, start, len(buf))
+		formats[i] = binaryFormat
+	}
+	s.bindBuf = buf
+	for k := 0; k < len(offs); k += 3 {
+		b.Parameters[offs[k]] = buf[offs[k+1]:offs[k+2]]
+	}
+	b.ParameterFormatCodes = formats
+	s.es.portals[portal] = pi
+	s.q.push(expect{kind: 'B', portal: pi})
+	out, err := b.Encode(s.toServer)
+	if err != nil {
+		return fmt.Errorf("encode Bind: %w", err)
+	}
+	s.toServer = out
+	return nil
+}
+
+func annotateParam(err error, i int, col *policy.Column) error {
+	var ve *valueError
+	if errors.As(err, &ve) {
+		return &valueError{code: ve.code, msg: fmt.Sprintf("%s (parameter $%d, column %s)", ve.msg, i+1, col)}
+	}
+	return err
+}
+
+func (s *session) onDescribe(msg []byte) error {
+	s.es.inBatch = true
+	var d pgproto3.Describe
+	if err := d.Decode(msg[5:]); err != nil {
+		return fmt.Errorf("malformed Describe message: %w", err)
+	}
+	if d.ObjectType == 'S' {
+		st := s.es.stmts[d.Name]
+		if st != nil {
+			st.describing = true
+		}
+		s.q.push(expect{kind: 'D', stmt: st})
+	} else {
+		pi := s.es.portals[d.Name]
+		if pi != nil {
+			pi.describing = true
+		}
+		s.q.push(expect{kind: 'D', portal: pi})
+	}
+	s.toServer = append(s.toServer, msg...)
+	return nil
+}
+
+func (s *session) onExecute(msg []byte) error {
+	s.es.inBatch = true
+	names, ok := cstrings(msg[5:], 1)
+	if !ok {
+		return errors.New("malformed Execute message")
+	}
+	pi := s.es.portals[names[0]]
+	if pi != nil && !pi.describing && !pi.stmt.describing {
+		// The proxy must know the result columns to decrypt them: ask,
+		// and keep the answer from the client, which did not ask.
+		pi.describing = true
+		s.toServer, _ = (&pgproto3.Describe{ObjectType: 'P', Name: names[0]}).Encode(s.toServer)
+		s.q.push(expect{kind: 'D', swallow: true, portal: pi})
+	}
+	s.q.push(expect{kind: 'E', portal: pi})
+	s.toServer = append(s.toServer, msg...)
+	return nil
+}
+
+func (s *session) onClose(msg []byte) error {
+	s.es.inBatch = true
+	var c pgproto3.Close
+	if err := c.Decode(msg[5:]); err != nil {
+		return fmt.Errorf("malformed Close message: %w", err)
+	}
+	if c.ObjectType == 'S' {
+		delete(s.es.stmts, c.Name)
+	} else {
+		delete(s.es.portals, c.Name)
+	}
+	s.q.push(expect{kind: 'C'})
+	s.toServer = append(s.toServer, msg...)
+	return nil
+}
+
+// refuse makes the server raise the proxy's error in place of the client's
+// message, so the session ends up exactly as after a PostgreSQL error: in
+// a transaction block the transaction is aborted, and in an extended
+// batch the server skips to Sync.
+func (s *session) refuse(code, msg, hint string, col *policy.Column, in byte) {
+	ev := s.log.Warn().Str("sqlstate", code).Str("refusal", msg)
+	if col != nil {
+		ev = ev.Str("column", col.String())
+	}
+	ev.Msg("statement refused")
+	sql := raiseSQL(code, msg, hint)
+	if in == 'Q' {
+		s.q.push(expect{kind: 'Q', refusal: true})
+		s.toServer, _ = (&pgproto3.Query{String: sql}).Encode(s.toServer)
+		return
+	}
+	s.toServer, _ = (&pgproto3.Parse{Query: sql}).Encode(s.toServer)
+	s.toServer, _ = (&pgproto3.Bind{}).Encode(s.toServer)
+	s.toServer, _ = (&pgproto3.Execute{}).Encode(s.toServer)
+	s.q.push(expect{kind: 'P', swallow: true})
+	s.q.push(expect{kind: 'B', swallow: true})
+	s.q.push(expect{kind: 'E', refusal: true})
+}
+
+// refuseErr refuses with an encryption or value error.
+func (s *session) refuseErr(err error, in byte) {
+	var ve *valueError
+	var ce *cryptoError
+	switch {
+	case errors.As(err, &ve):
+		s.refuse(ve.code, ve.msg, "", nil, in)
+	case errors.As(err, &ce):
+		s.log.Error().Err(ce.cause).Msg(ce.msg)
+		s.refuse(ce.code, ce.msg, ce.hint, nil, in)
+	default:
+		s.log.Error().Err(err).Msg("cannot encrypt")
+		s.refuse("XX000", "pgcrypt-proxy could not encrypt a value", "", nil, in)
+	}
+}
+
+// raiseSQL is a statement that makes the server raise an error with this
+// SQLSTATE, message and hint.
+func raiseSQL(code, msg, hint string) string {
+	lit := func(s string) string {
+		s = strings.ReplaceAll(s, `\`, `\\`)
+		s = strings.ReplaceAll(s, `'`, `''`)
+		return `E'` + s + `'`
+	}
+	var b strings.Builder
+	b.WriteString("DO $pgcrypt_refusal$BEGIN RAISE EXCEPTION USING ERRCODE = ")
+	b.WriteString(lit(code))
+	b.WriteString(", MESSAGE = ")
+	b.WriteString(lit(strings.ReplaceAll(msg, "$pgcrypt_refusal$", "")))
+	if hint != "" {
+		b.WriteString(", HINT = ")
+		b.WriteString(lit(strings.ReplaceAll(hint, "$pgcrypt_refusal$", "")))
+	}
+	b.WriteString("; END$pgcrypt_refusal$")
+	return b.String()
+}
+
+// startEncryption prepares a freshly authenticated session for the policy
+// in force: when it has tables, the catalog is loaded on the session's own
+// connection before the client sees ReadyForQuery.
+func (s *session) startEncryption() error {
+	st := s.srv.policyState()
+	if st == nil || len(st.pol.TableNames()) == 0 && s.srv.cfg.Keys == nil {
+		return nil
+	}
+	s.encrypting = true
+	s.pol = st
+	s.es = encState{stmts: map[string]*stmtInfo{}, portals: map[string]*portalInfo{}, enc: newCodec()}
+	s.dec = newCodec()
+	s.cat.Store(&catalog{pol: st.pol})
+	if len(st.pol.TableNames()) == 0 {
+		return nil
+	}
+	q, _ := (&pgproto3.Query{String: catalogQuery(st.pol)}).Encode(nil)
+	if _, err := s.server.Write(q); err != nil {
+		return &clientError{code: "08006", message: "pgcrypt-proxy lost the connection to the database server", cause: err}
+	}
+	l := newCatalogLoader(st.pol)
+	for {
+		typ, msg, err := s.sr.next()
+		if err != nil {
+			return &clientError{code: "08006", message: "pgcrypt-proxy lost the connection to the database server", cause: err}
+		}
+		if typ == 'N' || typ == 'S' {
+			s.toClient = append(s.toClient, msg...)
+			continue
+		}
+		if l.handle(typ, msg) {
+			break
+		}
+	}
+	if l.failed != nil {
+		return &clientError{code: "58000", message: "pgcrypt-proxy could not read the catalog of policy tables", cause: l.failed}
+	}
+	s.finishCatalog(l)
+	return nil
+}

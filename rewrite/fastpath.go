@@ -1,0 +1,114 @@
+package rewrite
+
+import "bytes"
+
+// The fast path decides, without parsing and without allocating, whether a
+// statement needs analysis at all. It is policy.MayTouch's test (a
+// case-insensitive substring search for every policy table's bare name,
+// and any U&"…" identifier escape) done in place instead of on a
+// lower-cased copy, plus a search for "search_path" and "schema", which
+// statements that change the search path must contain.
+
+// mayTouch reports whether sql could name a policy table. False positives
+// cost a parse; false negatives would let plaintext through.
+func (a *Analyzer) mayTouch(sql string) bool {
+	if len(a.names) == 0 {
+		return false
+	}
+	if a.slow {
+		return a.pol.MayTouch(sql)
+	}
+	var buf [2048]byte
+	return a.containsName(lowerASCII(buf[:0], sql))
+}
+
+// mentionsSearchPath reports whether sql might change the search path:
+// SET search_path, SET SCHEMA, set_config('search_path', …), RESET [ALL],
+// DISCARD ALL.
+func mentionsSearchPath(sql string) bool {
+	return containsFold(sql, "search_path") || containsFold(sql, "schema") ||
+		containsFold(sql, "reset") || containsFold(sql, "discard")
+}
+
+// needsAnalysis is mayTouch or mentionsSearchPath in one lower-casing pass.
+func (a *Analyzer) needsAnalysis(sql string) (touch, path bool) {
+	if a.slow {
+		return a.pol.MayTouch(sql), mentionsSearchPath(sql)
+	}
+	var buf [2048]byte
+	lower := lowerASCII(buf[:0], sql)
+	for _, w := range pathWords {
+		if bytes.Contains(lower, w) {
+			path = true
+			break
+		}
+	}
+	return a.containsName(lower), path
+}
+
+func (a *Analyzer) containsName(lower []byte) bool {
+	if len(a.names) == 0 {
+		return false
+	}
+	if bytes.Contains(lower, uEscape) {
+		return true
+	}
+	for _, n := range a.needles {
+		if bytes.Contains(lower, n) {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	uEscape   = []byte(`u&"`)
+	pathWords = [][]byte{[]byte("search_path"), []byte("schema"), []byte("reset"), []byte("discard")}
+)
+
+// lowerASCII appends s to dst with ASCII letters lower-cased; dst's array
+// lives on the caller's stack for ordinary statement sizes.
+func lowerASCII(dst []byte, s string) []byte {
+	dst = append(dst, s...)
+	for i, c := range dst {
+		if 'A' <= c && c <= 'Z' {
+			dst[i] = c + 'a' - 'A'
+		}
+	}
+	return dst
+}
+
+// containsFold reports whether s contains the lower-case ASCII string sub,
+// ignoring ASCII case in s. Non-ASCII bytes must match exactly, which is
+// what strings.ToLower would leave of them for ASCII needles.
+func containsFold(s, sub string) bool {
+	n := len(sub)
+	if n == 0 {
+		return true
+	}
+	c0 := sub[0]
+	u0 := c0
+	if 'a' <= c0 && c0 <= 'z' {
+		u0 = c0 - 'a' + 'A'
+	}
+	for i := 0; i+n <= len(s); i++ {
+		c := s[i]
+		if c != c0 && c != u0 {
+			continue
+		}
+		j := 1
+		for ; j < n; j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != sub[j] {
+				break
+			}
+		}
+		if j == n {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,286 @@
+package rewrite
+
+import (
+	"fmt"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
+)
+
+// Use says how a value meets its policy column.
+type Use uint8
+
+const (
+	// UseStore: the value is written into the column. The proxy encrypts it
+	// under the column's current data key and sends bytea (OID 17).
+	UseStore Use = iota + 1
+	// UseCompare: the value is compared with a deterministic column. The
+	// proxy encrypts it under every data-key version the column may hold and
+	// sends the candidates as bytea[] (OID 1001).
+	UseCompare
+)
+
+func (u Use) String() string {
+	switch u {
+	case UseStore:
+		return "store"
+	case UseCompare:
+		return "compare"
+	}
+	return fmt.Sprintf("Use(%d)", uint8(u))
+}
+
+// Placeholder is the text Result.SQL holds at every non-NULL Literal span.
+// It is a parameter reference no statement can satisfy, so SQL sent
+// without the proxy's replacement fails at the server ("there is no
+// parameter $0") instead of storing or comparing anything.
+const Placeholder = "$0"
+
+// Options tunes an Analyzer.
+type Options struct {
+	// CacheSize bounds each of the two caches (exact text, fingerprint),
+	// in statements. Zero means 4096; negative disables caching.
+	CacheSize int
+}
+
+// Result is the analysis of one Parse or Query message. Results may be
+// shared between callers through the cache: treat them as read-only.
+type Result struct {
+	// Touches is false when no policy table is involved: forward the
+	// original SQL untouched.
+	Touches bool
+	// Refusal, when non-nil, refuses the whole message; nothing of it may be
+	// sent to the server.
+	Refusal *Refusal
+	// SQL is the text to send: the input when nothing changed, otherwise
+	// the input with comparisons rewritten to array form, casts around
+	// policy values removed and each non-NULL policy literal replaced by
+	// Placeholder.
+	SQL string
+	// Params describes $1…$n: Params[i] is $(i+1). Its length is the
+	// highest parameter number referenced. Column nil: not a policy value,
+	// forward as the client sent it.
+	Params []Param
+	// Literals are the simple-protocol constants bound for policy columns,
+	// in order of their position in SQL. Start/End are byte offsets into
+	// SQL (not into the input).
+	Literals []Literal
+	// SearchPathChanged reports a statement that sets or resets
+	// search_path. SearchPath is the new value when the analyser knows it
+	// (SET search_path / SET SCHEMA / set_config with constants); when it
+	// is nil, the proxy must ask the server (SHOW search_path) before
+	// analysing later statements. SearchPathLocal marks SET LOCAL (or
+	// set_config(…, true)), which lasts only until the transaction ends.
+	SearchPathChanged bool
+	SearchPath        []string
+	SearchPathLocal   bool
+	// Invalidates reports DDL on a policy table: refresh the catalog cache.
+	Invalidates bool
+	// Kind is the first statement's kind: select, insert, update, delete,
+	// merge, copy, explain, set, ddl, other.
+	Kind string
+	// Columns are the policy columns read or written, for the audit log.
+	Columns []*policy.Column
+}
+
+// Param describes one parameter of an extended-protocol statement.
+type Param struct {
+	Column *policy.Column // nil: not a policy value
+	Use    Use
+}
+
+// Literal is a simple-protocol constant bound for a policy column.
+type Literal struct {
+	// Start and End delimit the placeholder in Result.SQL that the proxy
+	// replaces by the ciphertext literal: a bytea literal for UseStore, a
+	// bytea[] literal for UseCompare (for instance '\x…'::bytea and
+	// '{"\\x…","\\x…"}'::bytea[]).
+	Start, End int
+	// Value is the constant as PostgreSQL reads it: string contents with
+	// quoting and escapes removed, numbers as written (hexadecimal, octal,
+	// binary and underscores normalised to decimal), true/false.
+	Value string
+	// Null is a NULL constant. Its span already holds a valid NULL
+	// ("NULL" for UseStore, "NULL::bytea[]" for UseCompare); the proxy
+	// may leave it as it is.
+	Null   bool
+	Column *policy.Column
+	Use    Use
+}
+
+// Refusal is a statement the proxy must refuse. Messages never contain
+// values from the statement.
+type Refusal struct {
+	Code    string // SQLSTATE
+	Message string
+	Hint    string
+	Column  *policy.Column // the column concerned, when there is one
+}
+
+func (r *Refusal) Error() string {
+	if r.Hint == "" {
+		return r.Message + " (SQLSTATE " + r.Code + ")"
+	}
+	return r.Message + " (SQLSTATE " + r.Code + "; hint: " + r.Hint + ")"
+}
+
+// SQLSTATEs used in refusals.
+const (
+	CodeFeatureNotSupported = "0A000" // the operation cannot work on ciphertext, or is not supported yet
+	CodeSyntaxError         = "42601" // unparseable statement that may reference a policy table
+	CodeDatatypeMismatch    = "42804" // a parameter or cast whose type conflicts with the column
+	CodeAmbiguousColumn     = "42702" // a name the proxy cannot resolve with certainty
+	CodeInternalError       = "XX000" // the analyser failed; the statement is refused to stay safe
+)
+
+// Analyzer analyses statements against one policy snapshot. It is safe for
+// concurrent use.
+type Analyzer struct {
+	pol    *policy.Policy
+	byName map[string][]*policy.Table
+	// names are the lower-cased bare table names for the fast path; slow
+	// is set when one of them needs policy.MayTouch's Unicode folding.
+	names   []string
+	needles [][]byte
+	slow    bool
+	exact   *lru[exactKey, *Result]
+	fps     *lru[fpKey, *template]
+}
+
+type exactKey struct{ sp, sql string }
+type fpKey struct {
+	sp string
+	fp uint64
+}
+
+// NewAnalyzer returns an Analyzer for the policy p.
+func NewAnalyzer(p *policy.Policy, opts Options) *Analyzer {
+	if p == nil {
+		p = policy.Empty()
+	}
+	size := opts.CacheSize
+	if size == 0 {
+		size = 4096
+	}
+	a := &Analyzer{pol: p, byName: map[string][]*policy.Table{}}
+	for _, t := range p.Tables() {
+		a.byName[t.Name.Name] = append(a.byName[t.Name.Name], t)
+	}
+	for n := range a.byName {
+		l := strings.ToLower(n)
+		if !isASCII(l) {
+			a.slow = true
+		}
+		a.names = append(a.names, l)
+		if strings.Contains(n, `"`) {
+			// A quoted identifier doubles its quotes in SQL text.
+			a.names = append(a.names, strings.ReplaceAll(l, `"`, `""`))
+		}
+	}
+	for _, n := range a.names {
+		a.needles = append(a.needles, []byte(n))
+	}
+	if size > 0 {
+		a.exact = newLRU[exactKey, *Result](size)
+		a.fps = newLRU[fpKey, *template](size)
+	}
+	return a
+}
+
+// Policy returns the policy snapshot the Analyzer was built for.
+func (a *Analyzer) Policy() *policy.Policy { return a.pol }
+
+// Analyze analyses sql (one Parse query, or a Query message's text that
+// may hold several statements) as the session would run it with
+// searchPath (nil means ["public"]). It never panics: trouble inside the
+// analyser becomes a Refusal when the statement may touch a policy table.
+func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
+	touch, path := a.needsAnalysis(sql)
+	if !touch && !path {
+		return &Result{SQL: sql, Kind: quickKind(sql)}
+	}
+	if searchPath == nil {
+		searchPath = defaultSearchPath
+	}
+	key := exactKey{sp: joinPath(searchPath), sql: sql}
+	if a.exact != nil {
+		if r, ok := a.exact.get(key); ok {
+			return r
+		}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			res = &Result{SQL: sql, Kind: "other"}
+			if touch {
+				res.Touches = true
+				res.Refusal = &Refusal{Code: CodeInternalError,
+					Message: "the proxy could not analyse this statement, so it refuses it to protect encrypted columns",
+					Hint:    "simplify the statement or report it to the proxy's operators"}
+			}
+		}
+	}()
+	toks, err := scan(sql)
+	if err != nil {
+		return a.unparseable(sql, touch)
+	}
+	var fp uint64
+	fpOK := false
+	if a.fps != nil && toks.constants > 0 {
+		if f, err := pg.FingerprintToUInt64(sql); err == nil {
+			fp, fpOK = f, true
+			if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {
+				if r := t.instantiate(sql, toks); r != nil {
+					return r
+				}
+			}
+		}
+	}
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return a.unparseable(sql, touch)
+	}
+	r, t := a.analyze(sql, toks, tree, searchPath)
+	if a.exact != nil {
+		a.exact.put(key, r)
+	}
+	if fpOK && t != nil && t.reusable {
+		a.fps.put(fpKey{key.sp, fp}, t)
+	}
+	return r
+}
+
+var defaultSearchPath = []string{"public"}
+
+func (a *Analyzer) unparseable(sql string, touch bool) *Result {
+	if !touch {
+		// Only "search_path" or "schema" matched: the server reports the
+		// syntax error itself, exactly as without the proxy.
+		return &Result{SQL: sql, Kind: quickKind(sql)}
+	}
+	return &Result{SQL: sql, Kind: "other", Touches: true, Refusal: &Refusal{
+		Code:    CodeSyntaxError,
+		Message: "syntax error in a statement that may reference a table with encrypted columns; the proxy refuses statements it cannot parse",
+		Hint:    "check the statement's syntax (the proxy parses with the PostgreSQL 17 grammar)",
+	}}
+}
+
+func joinPath(sp []string) string {
+	switch len(sp) {
+	case 0:
+		return ""
+	case 1:
+		return sp[0]
+	}
+	return strings.Join(sp, "\x00")
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
