@@ -146,8 +146,17 @@ type proxyConfig struct {
 	} `yaml:"limits"`
 	ShutdownGrace string `yaml:"shutdown_grace"`
 
+	Keystore struct {
+		DSN    string `yaml:"dsn,omitempty"`
+		Schema string `yaml:"schema,omitempty"`
+	} `yaml:"keystore"`
+	KMS        map[string]map[string]any `yaml:"kms,omitempty"`
+	PolicyFile string                    `yaml:"policy_file,omitempty"`
+
 	// cluster is the upstream; not part of the file.
 	cluster *pgtest.Cluster
+	// env is added to the proxy's environment (PGCRYPT_MASTER_KEY).
+	env []string
 }
 
 type cfgMutator func(*proxyConfig)
@@ -252,7 +261,7 @@ func launchProxy(t testing.TB, dir string, cfg proxyConfig) (*proxyProc, error) 
 	p.cmd = exec.Command(proxyBin, "serve", "--config", cfgFile)
 	p.cmd.Stdout = p.logs
 	p.cmd.Stderr = p.logs
-	p.cmd.Env = cleanEnv()
+	p.cmd.Env = append(cleanEnv(), cfg.env...)
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
 	}

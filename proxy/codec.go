@@ -120,6 +120,13 @@ func (c *codec) toCanonical(dst []byte, t policy.Type, format int16, src []byte)
 		return nil, invalidInput(t)
 	}
 	v, err := c.decodeValue(t.OID, textFormat, []byte(s))
+	if (err != nil || v == nil) && t.OID == pgtype.DateOID {
+		// PostgreSQL reads a date from a timestamp's text too
+		// ("2024-01-02 00:00:00Z"), as drivers send dates from time values.
+		if tm, ok := parseTimestamp(s, false, time.UTC); ok {
+			v, err = time.Date(tm.Year(), tm.Month(), tm.Day(), 0, 0, 0, 0, time.UTC), nil
+		}
+	}
 	if err != nil || v == nil {
 		return nil, invalidInput(t)
 	}

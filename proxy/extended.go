@@ -67,14 +67,15 @@ func (q *queue) push(e expect) {
 	q.mu.Unlock()
 }
 
-// front returns the oldest entry, or nil.
+// front returns a copy of the oldest entry, or nil.
 func (q *queue) front() *expect {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.head == len(q.items) {
 		return nil
 	}
-	return &q.items[q.head]
+	e := q.items[q.head]
+	return &e
 }
 
 func (q *queue) pop() {

@@ -281,6 +281,7 @@ func (s *session) finishCatalog(l *catalogLoader) {
 		s.log.Warn().Strs("columns", l.mismatch).Msg("policy columns that are not bytea in the database; run pgcrypt-proxy policy check")
 	}
 	s.cat.Store(l.cat)
+	s.log.Debug().Int("policy_columns", len(l.cat.columns)).Strs("search_path", l.cat.searchPath).Msg("catalog of policy tables loaded")
 }
 
 func (s *session) setTimeZone(name string) {

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/proxy"
 )
 
@@ -30,6 +31,9 @@ const usage = `pgcrypt-proxy: transparent column encryption for PostgreSQL
 
 Usage:
   pgcrypt-proxy serve   [--config FILE] [--SETTING VALUE ...]   run the proxy
+  pgcrypt-proxy keys list [--json] [--config FILE]               show data keys, their KEK versions and states
+  pgcrypt-proxy kms local init|rotate|list|enable|disable|destroy --keyring FILE
+                                                                 manage the local keyring ("kms --help")
   pgcrypt-proxy version                                          print the version
 
 Every setting of the config file can also be given as a flag named by its
@@ -50,6 +54,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serve(args[1:], stderr)
+	case "keys":
+		return keysCmd(args[1:], stdout, stderr)
+	case "kms":
+		return kmsCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "pgcrypt-proxy %s (%s, %s/%s)\n", version, buildInfo(), runtime.GOOS, runtime.GOARCH)
 		return 0
@@ -130,6 +138,15 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error().Err(err).Msg("invalid configuration")
 		return 2
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	enc, err := openEncryption(ctx, cfg, log)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot start encryption")
+		return 1
+	}
+	defer enc.close()
+	pcfg.Policy, pcfg.Keys = enc.policy, enc.keys
 	srv, err := proxy.New(pcfg)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")
@@ -141,10 +158,28 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	if enc.policy != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		trigger := make(chan struct{}, 1)
+		go func() {
+			for range hup {
+				select {
+				case trigger <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		go enc.policy.Watch(ctx, 2*time.Second, trigger, func(p *policy.Policy, err error) {
+			if err != nil {
+				log.Error().Err(err).Msg("policy reload failed; the previous policy stays in force")
+				return
+			}
+			log.Info().Str("policy", p.Source).Str("digest", p.Digest).Int("tables", len(p.Tables())).Msg("policy reloaded")
+		})
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
 	log.Info().Str("listen", ln.Addr().String()).Str("upstream", cfg.Upstream.Address).

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
+	"github.com/pgcrypt/pgcrypt-proxy/keys"
+	"github.com/pgcrypt/pgcrypt-proxy/kms"
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
+)
+
+// encryption is what serve needs to encrypt: the policy, the keystore and
+// the KMS backends behind it.
+type encryption struct {
+	policy *policy.Holder
+	keys   *keys.Store
+	pool   *pgxpool.Pool
+	keks   map[string]kms.KEK
+}
+
+func (e *encryption) close() {
+	if e.pool != nil {
+		e.pool.Close()
+	}
+	closeKEKs(e.keks)
+}
+
+// openEncryption loads the policy and, when there is one, opens the KMS
+// backends and the keystore. Without policy_file the proxy is a
+// pass-through.
+func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*encryption, error) {
+	enc := &encryption{}
+	if cfg.PolicyFile == "" {
+		log.Warn().Msg("no policy_file: the proxy encrypts nothing")
+		return enc, nil
+	}
+	h, err := policy.NewHolder(cfg.PolicyFile)
+	if err != nil {
+		return nil, err
+	}
+	pol := h.Current()
+	var errs []error
+	for _, k := range pol.Keys {
+		if _, ok := cfg.KMS[k.KMS]; !ok {
+			errs = append(errs, fmt.Errorf("policy key %q uses kms %q, which the config does not define under kms:", k.Name, k.KMS))
+		}
+	}
+	if cfg.Keystore.DSN == "" {
+		errs = append(errs, errors.New("keystore.dsn is required with a policy (the database where wrapped data keys are kept)"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	enc.policy = h
+	if enc.keks, err = openKEKs(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if enc.pool, err = pgxpool.New(ctx, cfg.Keystore.DSN.Value()); err != nil {
+		enc.close()
+		return nil, fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)
+	}
+	if enc.keys, err = keys.Open(ctx, enc.pool, enc.keks, keys.Options{Schema: cfg.Keystore.Schema, Logger: log}); err != nil {
+		enc.close()
+		return nil, err
+	}
+	log.Info().Str("policy", cfg.PolicyFile).Str("digest", pol.Digest).Int("tables", len(pol.Tables())).
+		Int("columns", len(pol.Columns())).Str("keystore", cfg.Keystore.DSN.String()).Msg("encryption ready")
+	return enc, nil
+}
