@@ -316,7 +316,7 @@ func TestEncryptBatchAndPreparedReuse(t *testing.T) {
 	for i := 1; i <= 200; i++ {
 		b.Queue(`INSERT INTO `+e.users+` (id, ssn, email, age) VALUES ($1, $2, $3, $4)`, i, "ssn-"+itoa(i), "u"+itoa(i)+"@x", int32(i))
 	}
-	b.Queue(`SELECT count(*) FROM ` + e.users + ` WHERE email = $1`, "u7@x")
+	b.Queue(`SELECT count(*) FROM `+e.users+` WHERE email = $1`, "u7@x")
 	br := conn.SendBatch(ctx, b)
 	for i := 1; i <= 200; i++ {
 		if _, err := br.Exec(); err != nil {
@@ -418,7 +418,9 @@ func TestEncryptPolicyReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = e.p.signal(syscall.SIGHUP)
-	e.p.waitLog(t, 10*time.Second, "policy reload failed", func(le logEntry) bool { return le.str("message") == "policy reload failed; the previous policy stays in force" })
+	e.p.waitLog(t, 10*time.Second, "policy reload failed", func(le logEntry) bool {
+		return le.str("message") == "policy reload failed; the previous policy stays in force"
+	})
 	if err := conn.QueryRow(ctx, `SELECT note FROM `+e.users+` WHERE id = 2`).Scan(&note); err != nil || note != "after-reload" {
 		t.Fatalf("after a failed reload: %q %v", note, err)
 	}

@@ -1,6 +1,9 @@
 package rewrite
 
-import "bytes"
+import (
+	"bytes"
+	"strings"
+)
 
 // The fast path decides, without parsing and without allocating, whether a
 // statement needs analysis at all. It is policy.MayTouch's test (a
@@ -111,4 +114,48 @@ func containsFold(s, sub string) bool {
 		}
 	}
 	return false
+}
+
+// quickKind classifies a statement by its first word, without parsing,
+// for statements the fast path lets through.
+func quickKind(sql string) string {
+	i := 0
+	for i < len(sql) {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(':
+			i++
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			j := strings.Index(sql[i+2:], "*/")
+			if j < 0 {
+				return "other"
+			}
+			i += j + 4
+		default:
+			j := i
+			for j < len(sql) && (sql[j]|0x20 >= 'a' && sql[j]|0x20 <= 'z') {
+				j++
+			}
+			return kindWord(sql[i:j])
+		}
+	}
+	return "other"
+}
+
+func kindWord(w string) string {
+	for _, k := range [...]struct{ word, kind string }{
+		{"select", "select"}, {"values", "select"}, {"table", "select"}, {"insert", "insert"},
+		{"update", "update"}, {"delete", "delete"}, {"merge", "merge"}, {"copy", "copy"},
+		{"explain", "explain"}, {"set", "set"}, {"reset", "set"}, {"create", "ddl"},
+		{"alter", "ddl"}, {"drop", "ddl"},
+	} {
+		if len(w) == len(k.word) && containsFold(w, k.word) {
+			return k.kind
+		}
+	}
+	return "other"
 }
