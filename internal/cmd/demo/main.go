@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgcrypt/pgcrypt-proxy/internal/pgtest"
+	"github.com/pgcrypt/pgcrypt-proxy/kms"
 )
 
 func main() {
@@ -29,6 +32,7 @@ func main() {
 
 func run() error {
 	bin := flag.String("proxy-bin", "bin/pgcrypt-proxy", "the proxy binary")
+	policyPath := flag.String("policy", "policy.example.yaml", "the policy to run with")
 	port := flag.Int("port", 6432, "proxy port on 127.0.0.1 (0 picks a free one)")
 	flag.Parse()
 
@@ -65,6 +69,37 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if err := cluster.Exec(ctx, `CREATE TABLE public.users (id serial PRIMARY KEY, name text, ssn bytea, birth_date bytea, email bytea)`); err != nil {
+		return err
+	}
+	// A local keyring under a fresh master key: the embedded default KMS.
+	mk := make([]byte, 32)
+	if _, err := rand.Read(mk); err != nil {
+		return err
+	}
+	masterFile := filepath.Join(dir, "master.key")
+	if err := os.WriteFile(masterFile, []byte(base64.StdEncoding.EncodeToString(mk)+"\n"), 0o600); err != nil {
+		return err
+	}
+	master, err := kms.NewMasterKey(mk)
+	if err != nil {
+		return err
+	}
+	keyring := filepath.Join(dir, "keyring.json")
+	kek, err := kms.InitLocal(ctx, kms.LocalOptions{Path: keyring, MasterKey: master})
+	if err != nil {
+		return err
+	}
+	kek.Close()
+	policyFile := filepath.Join(dir, "policy.yaml")
+	pol, err := os.ReadFile(*policyPath)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(policyFile, pol, 0o600); err != nil {
+		return err
+	}
+
 	listen, err := pickListen(*port)
 	if err != nil {
 		return err
@@ -76,8 +111,13 @@ upstream:
   address: %s
   tls: {mode: verify-full, ca_file: %s, server_name: %s}
 client_tls: {mode: require, cert_file: %s, key_file: %s}
+keystore: {dsn: "%s", schema: pgcrypt}
+kms:
+  local: {type: local, keyring: %s, master_key_file: %s}
+policy_file: %s
 log: {level: info, format: console}
-`, listen, cluster.Addr(), cluster.CAFile, cluster.ServerName, certFile, keyFile)
+`, listen, cluster.Addr(), cluster.CAFile, cluster.ServerName, certFile, keyFile,
+		cluster.DSN(pgtest.UserSCRAM, pgtest.Database), keyring, masterFile, policyFile)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -106,16 +146,22 @@ log: {level: info, format: console}
 
 	host, p, _ := net.SplitHostPort(listen)
 	fmt.Printf(`
-pgcrypt-proxy is running in front of a throwaway PostgreSQL %s.
+pgcrypt-proxy is running in front of a throwaway PostgreSQL %s,
+with the policy %s (table public.users: ssn, birth_date, email encrypted)
+and a local keyring in %s.
 
 Connect through the proxy (TLS 1.3, certificate verified):
   psql "host=%s port=%s dbname=%s user=%s password=%s sslmode=verify-full sslrootcert=%s"
 
-Or directly to PostgreSQL, to compare:
-  psql "host=%s port=%d dbname=%s user=%s password=%s sslmode=verify-full sslrootcert=%s"
+and try:
+  INSERT INTO users (name, ssn, birth_date, email) VALUES ('Ada', '123-45-6789', '1815-12-10', 'ada@example.com');
+  SELECT * FROM users WHERE email = 'ada@example.com';
+
+Then look at what PostgreSQL stores, directly:
+  psql "host=%s port=%d dbname=%s user=%s password=%s sslmode=verify-full sslrootcert=%s" -c 'SELECT * FROM users'
 
 Press Ctrl-C to stop; everything is removed.
-`, cluster.Addr(), host, p, pgtest.Database, pgtest.UserSCRAM, pgtest.Password, caFile,
+`, cluster.Addr(), *policyPath, dir, host, p, pgtest.Database, pgtest.UserSCRAM, pgtest.Password, caFile,
 		cluster.Host, cluster.Port, pgtest.Database, pgtest.UserSCRAM, pgtest.Password, cluster.CAFile)
 
 	select {
