@@ -175,6 +175,7 @@ func (s *session) injectCatalogQuery() {
 }
 
 func (s *session) analyze(sql string) *rewrite.Result {
+	s.forgetDeallocated(sql)
 	res := s.pol.analyzer.Analyze(sql, s.searchPath())
 	if res.SearchPathChanged {
 		if res.SearchPath != nil && !res.SearchPathLocal {
@@ -189,6 +190,38 @@ func (s *session) analyze(sql string) *rewrite.Result {
 		s.needCatalog = true
 	}
 	return res
+}
+
+// forgetDeallocated drops the proxy's record of prepared statements that a
+// DEALLOCATE or DISCARD ALL removes on the server.
+func (s *session) forgetDeallocated(sql string) {
+	t := strings.TrimLeft(sql, " \t\r\n(")
+	if len(t) < 7 {
+		return
+	}
+	switch strings.ToUpper(t[:7]) {
+	case "DISCARD":
+		if strings.Contains(strings.ToUpper(t), "ALL") {
+			clear(s.es.stmts)
+			clear(s.es.portals)
+		}
+	case "DEALLOC":
+		f := strings.Fields(strings.TrimRight(t, "; \t\r\n"))
+		if len(f) < 2 {
+			return
+		}
+		name := f[len(f)-1]
+		if strings.EqualFold(name, "all") {
+			clear(s.es.stmts)
+			return
+		}
+		if strings.HasPrefix(name, `"`) && strings.HasSuffix(name, `"`) && len(name) >= 2 {
+			name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+		} else {
+			name = strings.ToLower(name)
+		}
+		delete(s.es.stmts, name)
+	}
 }
 
 func (s *session) searchPath() []string {

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -132,6 +133,14 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg.Log, stderr)
+	if f := os.Getenv("PGCRYPT_CPUPROFILE"); f != "" {
+		// A debugging aid: a CPU profile of the whole run, written at exit.
+		if out, err := os.Create(f); err == nil {
+			if err := pprof.StartCPUProfile(out); err == nil {
+				defer func() { pprof.StopCPUProfile(); out.Close() }()
+			}
+		}
+	}
 
 	pcfg, err := proxyConfig(cfg, log)
 	if err != nil {

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+)
+
+// wireSession is a raw protocol session through an encrypting proxy, for
+// message sequences client libraries do not produce.
+type wireSession struct {
+	t  *testing.T
+	fe *pgproto3.Frontend
+}
+
+func (e *encSetup) wire(t *testing.T) *wireSession {
+	tc, _ := startTLSSession(t, e.p)
+	t.Cleanup(func() { tc.Close() })
+	_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
+	return &wireSession{t: t, fe: pgproto3.NewFrontend(tc, tc)}
+}
+
+// send queues messages, flushes them and returns every reply up to and
+// including the n-th ReadyForQuery, one line per message.
+func (w *wireSession) send(n int, msgs ...pgproto3.FrontendMessage) []string {
+	w.t.Helper()
+	for _, m := range msgs {
+		w.fe.Send(m)
+	}
+	if err := w.fe.Flush(); err != nil {
+		w.t.Fatal(err)
+	}
+	var out []string
+	for n > 0 {
+		msg, err := w.fe.Receive()
+		if err != nil {
+			w.t.Fatalf("receive after %q: %v", out, err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ReadyForQuery:
+			n--
+			out = append(out, "Z "+string(m.TxStatus))
+		case *pgproto3.DataRow:
+			vals := make([]string, len(m.Values))
+			for i, v := range m.Values {
+				if v == nil {
+					vals[i] = "NULL"
+				} else {
+					vals[i] = fmt.Sprintf("%q", v)
+				}
+			}
+			out = append(out, "D "+strings.Join(vals, ","))
+		case *pgproto3.RowDescription:
+			var f []string
+			for _, fd := range m.Fields {
+				f = append(f, fmt.Sprintf("%s:%d/%d", fd.Name, fd.DataTypeOID, fd.Format))
+			}
+			out = append(out, "T "+strings.Join(f, ","))
+		case *pgproto3.ParameterDescription:
+			out = append(out, fmt.Sprintf("t %v", m.ParameterOIDs))
+		case *pgproto3.ErrorResponse:
+			out = append(out, "E "+m.Code)
+		case *pgproto3.CommandComplete:
+			out = append(out, "C "+string(m.CommandTag))
+		case *pgproto3.ParseComplete:
+			out = append(out, "1")
+		case *pgproto3.BindComplete:
+			out = append(out, "2")
+		case *pgproto3.CloseComplete:
+			out = append(out, "3")
+		case *pgproto3.NoData:
+			out = append(out, "n")
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		default:
+			out = append(out, fmt.Sprintf("%T", m))
+		}
+	}
+	return out
+}
+
+func expectSeq(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if strings.Join(got, " | ") != strings.Join(want, " | ") {
+		t.Fatalf("%s:\n got %s\nwant %s", what, strings.Join(got, " | "), strings.Join(want, " | "))
+	}
+}
+
+func int4bin(v int32) []byte { return binary.BigEndian.AppendUint32(nil, uint32(v)) }
+
+func TestEncryptWireSequences(t *testing.T) {
+	e := startEncrypting(t)
+	w := e.wire(t)
+	ins := `INSERT INTO ` + e.users + ` (id, ssn, email, age) VALUES ($1, $2, $3, $4)`
+	sel := `SELECT id, ssn, email, age FROM ` + e.users + ` WHERE email = $1`
+
+	// A named statement, described, then executed twice with text and
+	// binary parameters; no Describe of the portals.
+	got := w.send(1,
+		&pgproto3.Parse{Name: "ins", Query: ins},
+		&pgproto3.Describe{ObjectType: 'S', Name: "ins"},
+		&pgproto3.Bind{PreparedStatement: "ins", Parameters: [][]byte{[]byte("1"), []byte("ssn-1"), []byte("one@x"), []byte("41")}},
+		&pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "ins", ParameterFormatCodes: []int16{1, 0, 0, 1},
+			Parameters: [][]byte{int4bin(2), []byte("ssn-2"), []byte("two@x"), int4bin(42)}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "named insert", got, "1", "t [23 25 25 23]", "n", "2", "C INSERT 0 1", "2", "C INSERT 0 1", "Z I")
+
+	// The unnamed statement, never described by the client: the proxy
+	// describes the portal itself and decrypts, in text and binary.
+	got = w.send(1,
+		&pgproto3.Parse{Query: sel},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("two@x")}},
+		&pgproto3.Execute{},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("one@x")}, ResultFormatCodes: []int16{1, 0, 0, 1}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "undescribed select", got, "2", `D "2","ssn-2","two@x","42"`, "C SELECT 1", "1"[0:0]+"2",
+		`D "\x00\x00\x00\x01","ssn-1","one@x","\x00\x00\x00)"`, "C SELECT 1", "Z I")
+}
