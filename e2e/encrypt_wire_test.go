@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
 )
 
 // wireSession is a raw protocol session through an encrypting proxy, for
@@ -120,6 +119,57 @@ func TestEncryptWireSequences(t *testing.T) {
 		&pgproto3.Bind{Parameters: [][]byte{[]byte("one@x")}, ResultFormatCodes: []int16{1, 0, 0, 1}},
 		&pgproto3.Execute{},
 		&pgproto3.Sync{})
-	expectSeq(t, "undescribed select", got, "2", `D "2","ssn-2","two@x","42"`, "C SELECT 1", "1"[0:0]+"2",
+	expectSeq(t, "undescribed select", got, "1", "2", `D "2","ssn-2","two@x","42"`, "C SELECT 1", "2",
 		`D "\x00\x00\x00\x01","ssn-1","one@x","\x00\x00\x00)"`, "C SELECT 1", "Z I")
+
+	// An error in the middle of a pipeline: the server skips to Sync, and
+	// the proxy's bookkeeping follows (the next batch decrypts again).
+	got = w.send(2,
+		&pgproto3.Parse{Name: "sel", Query: sel},
+		&pgproto3.Bind{PreparedStatement: "sel", Parameters: [][]byte{[]byte("one@x")}},
+		&pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT 1/0"},
+		&pgproto3.Bind{},
+		&pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "sel", Parameters: [][]byte{[]byte("two@x")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{},
+		&pgproto3.Bind{PreparedStatement: "sel", Parameters: [][]byte{[]byte("two@x")}},
+		&pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "error mid-pipeline", got, "1", "2", "T id:23/0,ssn:25/0,email:25/0,age:23/0", `D "1","ssn-1","one@x","41"`, "C SELECT 1",
+		"1", "E 22012", "Z I",
+		"2", "T id:23/0,ssn:25/0,email:25/0,age:23/0", `D "2","ssn-2","two@x","42"`, "C SELECT 1", "Z I")
+
+	// Close, DEALLOCATE and DISCARD ALL forget statements; a name reused
+	// for another statement is analysed afresh.
+	got = w.send(1,
+		&pgproto3.Close{ObjectType: 'S', Name: "sel"},
+		&pgproto3.Parse{Name: "sel", Query: `SELECT ssn FROM ` + e.users + ` WHERE id = $1`},
+		&pgproto3.Bind{PreparedStatement: "sel", Parameters: [][]byte{[]byte("2")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "reused name", got, "3", "1", "2", `D "ssn-2"`, "C SELECT 1", "Z I")
+	got = w.send(1, &pgproto3.Query{String: "DEALLOCATE sel"})
+	expectSeq(t, "deallocate", got, "C DEALLOCATE", "Z I")
+	got = w.send(1,
+		&pgproto3.Parse{Name: "sel", Query: `SELECT age FROM ` + e.users + ` WHERE id = $1`},
+		&pgproto3.Bind{PreparedStatement: "sel", Parameters: [][]byte{[]byte("1")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "after deallocate", got, "1", "2", `D "41"`, "C SELECT 1", "Z I")
+	got = w.send(1, &pgproto3.Query{String: "DISCARD ALL"})
+	expectSeq(t, "discard", got, "C DISCARD ALL", "Z I")
+
+	// Simple protocol: several statements, literals encrypted, results
+	// decrypted, and a refusal in a multi-statement query fails all of it.
+	got = w.send(1, &pgproto3.Query{String: `INSERT INTO ` + e.users + ` (id, ssn, email) VALUES (3, 'ssn-3', 'three@x'); SELECT ssn, email FROM ` + e.users + ` WHERE email = 'three@x'; SELECT 42`})
+	expectSeq(t, "simple multi-statement", got, "C INSERT 0 1", "T ssn:25/0,email:25/0", `D "ssn-3","three@x"`, "C SELECT 1", "T ?column?:23/0", `D "42"`, "C SELECT 1", "Z I")
+	got = w.send(1, &pgproto3.Query{String: `INSERT INTO ` + e.users + ` (id, ssn) VALUES (4, 'ssn-4'); SELECT * FROM ` + e.users + ` WHERE ssn = 'ssn-4'`})
+	expectSeq(t, "refused multi-statement", got, "E 0A000", "Z I")
+	got = w.send(1, &pgproto3.Query{String: `SELECT count(*) FROM ` + e.users + ` WHERE id = 4`})
+	expectSeq(t, "nothing of the refused query", got, "T count:20/0", `D "0"`, "C SELECT 1", "Z I")
+	e.assertNoPlaintext(t, 3, "ssn-3", "three@x")
 }
