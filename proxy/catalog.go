@@ -20,6 +20,26 @@ type catalog struct {
 	columns map[catKey]*policy.Column
 	// searchPath is current_schemas(false) when the catalog was loaded.
 	searchPath []string
+	// tableColumns lists, for each policy table present in the database,
+	// all its columns in attribute order (COPY without a column list).
+	tableColumns map[[2]string][]string
+}
+
+// columnsOf returns the columns of the policy table as a statement names
+// it (schema "" resolved through the search path).
+func (c *catalog) columnsOf(schema, name string, searchPath []string) []string {
+	if c == nil {
+		return nil
+	}
+	if schema != "" {
+		return c.tableColumns[[2]string{schema, name}]
+	}
+	for _, s := range searchPath {
+		if cols, ok := c.tableColumns[[2]string{s, name}]; ok {
+			return cols
+		}
+	}
+	return nil
 }
 
 type catKey struct {
@@ -49,7 +69,7 @@ func catalogQuery(pol *policy.Policy) string {
 		}
 		b.WriteString("'" + strings.ReplaceAll(n, "'", "''") + "'")
 	}
-	b.WriteString(`]::text[]); SELECT pg_catalog.array_to_string(pg_catalog.current_schemas(false), ',')`)
+	b.WriteString(`]::text[]) ORDER BY c.oid, a.attnum; SELECT pg_catalog.array_to_string(pg_catalog.current_schemas(false), ',')`)
 	return b.String()
 }
 
@@ -63,7 +83,7 @@ type catalogLoader struct {
 }
 
 func newCatalogLoader(pol *policy.Policy) *catalogLoader {
-	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}}}
+	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}, tableColumns: map[[2]string][]string{}}}
 }
 
 // handle consumes one server message of the catalog query's reply and
@@ -85,6 +105,10 @@ func (l *catalogLoader) handle(typ byte, msg []byte) (done bool) {
 				return false
 			}
 			t := l.pol.Table(string(row.Values[1]), string(row.Values[2]), nil)
+			if t != nil {
+				k := [2]string{string(row.Values[1]), string(row.Values[2])}
+				l.cat.tableColumns[k] = append(l.cat.tableColumns[k], string(row.Values[4]))
+			}
 			if col := t.Column(string(row.Values[4])); col != nil {
 				l.cat.columns[catKey{uint32(oid), int16(attnum)}] = col
 				if typ != byteaOID {

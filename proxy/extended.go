@@ -52,6 +52,7 @@ type expect struct {
 	stmt    *stmtInfo
 	portal  *portalInfo
 	loader  *catalogLoader
+	copy    *copyStream // COPY … TO STDOUT of a policy table: decrypt its data
 }
 
 // queue is a FIFO of expectations shared by the two pumps.
@@ -117,6 +118,10 @@ type encState struct {
 
 // clientMessage handles one client message when the policy has tables.
 func (s *session) clientMessage(ctx context.Context, typ byte, msg []byte) error {
+	if s.copyIn != nil && (typ == 'd' || typ == 'c' || typ == 'f') {
+		s.onCopyIn(ctx, typ, msg)
+		return nil
+	}
 	switch typ {
 	case 'Q':
 		return s.onQuery(ctx, msg)
@@ -239,6 +244,30 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 	var q pgproto3.Query
 	if err := q.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Query message: %w", err)
+	}
+	s.copyIn = nil
+	if rewrite.IsCopy(q.String) {
+		c, ref := s.pol.analyzer.AnalyzeCopy(q.String, s.searchPath())
+		if ref != nil {
+			s.refuse(ref.Code, ref.Message, ref.Hint, ref.Column, 'Q')
+			return nil
+		}
+		if c != nil {
+			cs, err := s.newCopyStream(c)
+			if err != nil {
+				s.refuseErr(err, 'Q')
+				return nil
+			}
+			e := expect{kind: 'Q'}
+			if cs != nil && c.From {
+				s.copyIn = cs
+			} else if cs != nil {
+				e.copy = cs
+			}
+			s.q.push(e)
+			s.toServer = append(s.toServer, msg...)
+			return nil
+		}
 	}
 	res := s.analyze(q.String)
 	if res.Refusal != nil {

@@ -141,7 +141,14 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 		}
 		return nil
 	}
+	if s.copyOut != nil && (typ == 'd' || typ == 'c') {
+		return s.onCopyOut(ctx, typ, msg)
+	}
 	switch typ {
+	case 'H':
+		if e != nil && e.copy != nil {
+			s.copyOut = e.copy
+		}
 	case 'S':
 		var ps pgproto3.ParameterStatus
 		if err := ps.Decode(msg[5:]); err == nil && ps.Name == "TimeZone" {
@@ -239,6 +246,7 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 				e = s.q.front()
 			}
 		}
+		s.copyOut = nil
 		if e != nil {
 			s.q.pop()
 			s.qplan = nil
