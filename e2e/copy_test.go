@@ -236,3 +236,45 @@ func TestCopyPsql(t *testing.T) {
 	defer conn.Close(ctx)
 	e.checkCopied(t, conn)
 }
+
+func TestPgDumpThroughProxy(t *testing.T) {
+	e := startEncrypting(t)
+	ctx := ctxFor(t, 60*time.Second)
+	conn := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database))
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn, email, age) VALUES (1, 'dump-ssn-1', 'dump1@x', 7), (2, NULL, 'dump2@x', NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	dump := func(dsn string) string {
+		out, err := tool(t, ctx, "pg_dump", nil, "--dbname", dsn, "--table", e.users, "--no-owner", "--no-privileges")
+		if err != nil {
+			t.Fatalf("pg_dump: %v\n%s", err, out)
+		}
+		return out
+	}
+	through := dump(e.p.DSN(pgtest.UserSCRAM, pgtest.Database))
+	if !strings.Contains(through, "dump-ssn-1") || !strings.Contains(through, "dump1@x") {
+		t.Fatalf("pg_dump through the proxy is not plaintext:\n%s", through)
+	}
+	direct := dump(directDSN(pgtest.UserSCRAM))
+	if strings.Contains(direct, "dump-ssn-1") || strings.Contains(direct, "dump1@x") {
+		t.Fatalf("pg_dump directly shows plaintext:\n%s", direct)
+	}
+	// Restore the plaintext dump into a plain database.
+	db := uniqueName("restored")
+	mustExec(t, `CREATE DATABASE `+db+` OWNER `+pgtest.UserSCRAM)
+	t.Cleanup(func() { _ = shared.Exec(context.Background(), `DROP DATABASE IF EXISTS `+db+` WITH (FORCE)`) })
+	file := filepath.Join(t.TempDir(), "dump.sql")
+	if err := os.WriteFile(file, []byte(through), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := psql(t, ctx, shared.DSN(pgtest.UserSCRAM, db), "-v", "ON_ERROR_STOP=1", "-q", "-f", file); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	rc := connect(t, shared.DSN(pgtest.UserSCRAM, db))
+	defer rc.Close(ctx)
+	var ssn, email string
+	if err := rc.QueryRow(ctx, `SELECT convert_from(ssn, 'UTF8'), convert_from(email, 'UTF8') FROM `+e.users+` WHERE id = 1`).Scan(&ssn, &email); err != nil || ssn != "dump-ssn-1" || email != "dump1@x" {
+		t.Fatalf("restored %q %q %v", ssn, email, err)
+	}
+}

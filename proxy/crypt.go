@@ -109,12 +109,19 @@ func (s *session) candidates(ctx context.Context, dst []byte, c *codec, col *pol
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot search column %s: its data keys are unavailable", col), cause: err}
 	}
+	n := len(live)
+	if col.Migrating {
+		// Rows not yet encrypted hold the canonical plaintext: during a
+		// migration an equality lookup must find them too (the searched
+		// value then reaches the server, as the legacy rows already are).
+		n++
+	}
 	// One-dimensional array header: ndim, has-nulls, element type, then
 	// dimension length and lower bound.
 	dst = binary.BigEndian.AppendUint32(dst, 1)
 	dst = binary.BigEndian.AppendUint32(dst, 0)
 	dst = binary.BigEndian.AppendUint32(dst, byteaOID)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(live)))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
 	dst = binary.BigEndian.AppendUint32(dst, 1)
 	aad := []byte(col.Identity())
 	for _, k := range live {
@@ -125,6 +132,10 @@ func (s *session) candidates(ctx context.Context, dst []byte, c *codec, col *pol
 			return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot search column %s", col), cause: err}
 		}
 		binary.BigEndian.PutUint32(dst[lenAt:], uint32(len(dst)-lenAt-4))
+	}
+	if col.Migrating {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(canon)))
+		dst = append(dst, canon...)
 	}
 	return dst, nil
 }

@@ -125,8 +125,8 @@ type session struct {
 	qplan          *rowPlan // current simple-query result's plan
 	dec            *codec
 	decTZ          string
-	copyIn  *copyStream // client pump: COPY FROM STDIN into a policy table
-	copyOut *copyStream // server pump: COPY TO STDOUT from a policy table
+	copyIn         *copyStream // client pump: COPY FROM STDIN into a policy table
+	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
 	scratch, envBuf, bindBuf []byte // client pump
 	scratchDec, plainDec     []byte // server pump
