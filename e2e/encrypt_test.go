@@ -27,6 +27,7 @@ import (
 // encSetup is an encrypting proxy in front of the shared cluster with its
 // own keyring, keystore schema and policy over its own tables.
 type encSetup struct {
+	cluster    *pgtest.Cluster
 	p          *proxyProc
 	policyFile string
 	users      string // table names, unique per setup
@@ -50,12 +51,23 @@ tables:
 ` + extra
 }
 
-func startEncrypting(t *testing.T) *encSetup {
+func startEncrypting(t *testing.T, muts ...cfgMutator) *encSetup {
+	return startEncryptingOn(t, shared, muts...)
+}
+
+// startEncryptingOn is startEncrypting in front of cluster c.
+func startEncryptingOn(t *testing.T, c *pgtest.Cluster, muts ...cfgMutator) *encSetup {
 	t.Helper()
 	ctx := ctxFor(t, 30*time.Second)
-	e := &encSetup{users: uniqueName("users"), other: uniqueName("plain")}
-	mustExec(t, `CREATE TABLE `+e.users+` (id int PRIMARY KEY, name text, ssn bytea, email bytea, age bytea, born bytea, score bytea, seen bytea, prefs bytea, note bytea)`)
-	mustExec(t, `CREATE TABLE `+e.other+` (id int PRIMARY KEY, ssn text)`)
+	e := &encSetup{cluster: c, users: uniqueName("users"), other: uniqueName("plain")}
+	for _, sql := range []string{
+		`CREATE TABLE ` + e.users + ` (id int PRIMARY KEY, name text, ssn bytea, email bytea, age bytea, born bytea, score bytea, seen bytea, prefs bytea, note bytea)`,
+		`CREATE TABLE ` + e.other + ` (id int PRIMARY KEY, ssn text)`,
+	} {
+		if err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	dir := t.TempDir()
 	mk := make([]byte, 32)
@@ -77,20 +89,20 @@ func startEncrypting(t *testing.T) *encSetup {
 		t.Fatal(err)
 	}
 	schema := uniqueName("pgcrypt")
-	e.p = startProxy(t, func(pc *proxyConfig) {
-		pc.Keystore.DSN = shared.DSN(pgtest.UserSCRAM, pgtest.Database)
+	e.p = startProxy(t, append([]cfgMutator{withCluster(c), func(pc *proxyConfig) {
+		pc.Keystore.DSN = c.DSN(pgtest.UserSCRAM, pgtest.Database)
 		pc.Keystore.Schema = schema
 		pc.KMS = map[string]map[string]any{"local": {"type": "local", "keyring": keyring}}
 		pc.PolicyFile = e.policyFile
 		pc.env = []string{"PGCRYPT_MASTER_KEY=" + base64.StdEncoding.EncodeToString(mk)}
-	})
+	}}, muts...)...)
 	return e
 }
 
 // direct reads a row of the users table straight from PostgreSQL.
 func (e *encSetup) direct(t *testing.T, id int) map[string][]byte {
 	t.Helper()
-	conn := connect(t, directDSN(pgtest.UserSCRAM))
+	conn := connect(t, e.cluster.DSN(pgtest.UserSCRAM, pgtest.Database))
 	defer conn.Close(context.Background())
 	rows, err := conn.Query(ctxFor(t, 10*time.Second), `SELECT ssn, email, age, born, score, seen, prefs FROM `+e.users+` WHERE id = $1`, id)
 	if err != nil {
