@@ -91,7 +91,10 @@ func (s *session) authenticate() error {
 				s.backendKey = &pgproto3.CancelRequest{ProcessID: k.ProcessID, SecretKey: k.SecretKey}
 			}
 			s.toClient = append(s.toClient, msg...)
-		case 'S', 'N', 'v':
+		case 'S':
+			s.noteParameterStatus(msg)
+			s.toClient = append(s.toClient, msg...)
+		case 'N', 'v':
 			s.toClient = append(s.toClient, msg...)
 		case 'Z':
 			if len(msg) >= 6 {

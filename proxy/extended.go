@@ -184,15 +184,37 @@ func (s *session) analyze(sql string) *rewrite.Result {
 	res := s.pol.analyzer.Analyze(sql, s.searchPath())
 	if res.SearchPathChanged {
 		if res.SearchPath != nil && !res.SearchPathLocal {
-			s.es.searchPath = res.SearchPath
+			sp := make([]string, 0, len(res.SearchPath))
+			for _, p := range res.SearchPath {
+				if p == "$user" {
+					// PostgreSQL skips $user when no schema has the user's
+					// name; keeping it only matters if one does.
+					p = s.user
+				}
+				sp = append(sp, p)
+			}
+			s.es.searchPath = sp
 		} else {
 			// Unknown or transaction-local value: ask the server again
 			// before the next statement.
+			s.es.searchPath = nil
 			s.needCatalog = true
 		}
 	}
 	if res.Invalidates {
 		s.needCatalog = true
+	}
+	if res.Touches && res.Refusal == nil {
+		switch {
+		case s.nonUTF8.Load():
+			return &rewrite.Result{Touches: true, Refusal: &rewrite.Refusal{Code: "0A000",
+				Message: "pgcrypt-proxy needs client_encoding UTF8 for statements on encrypted columns",
+				Hint:    "SET client_encoding = 'UTF8'"}}
+		case s.scsOff.Load() && len(res.Literals) > 0:
+			return &rewrite.Result{Touches: true, Refusal: &rewrite.Refusal{Code: "0A000",
+				Message: "pgcrypt-proxy cannot read literals for encrypted columns with standard_conforming_strings off",
+				Hint:    "SET standard_conforming_strings = on, or pass the values as parameters"}}
+		}
 	}
 	return res
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -150,10 +151,7 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 			s.copyOut = e.copy
 		}
 	case 'S':
-		var ps pgproto3.ParameterStatus
-		if err := ps.Decode(msg[5:]); err == nil && ps.Name == "TimeZone" {
-			s.setTimeZone(ps.Value)
-		}
+		s.noteParameterStatus(msg)
 	case 'N', 'A':
 	case '1', '2', '3', 'n':
 		if e != nil {
@@ -292,8 +290,21 @@ func (s *session) finishCatalog(l *catalogLoader) {
 	s.log.Debug().Int("policy_columns", len(l.cat.columns)).Strs("search_path", l.cat.searchPath).Msg("catalog of policy tables loaded")
 }
 
-func (s *session) setTimeZone(name string) {
-	s.tzName.Store(&name)
+// noteParameterStatus follows the server settings that change how the
+// proxy must read or write values.
+func (s *session) noteParameterStatus(msg []byte) {
+	var ps pgproto3.ParameterStatus
+	if err := ps.Decode(msg[5:]); err != nil {
+		return
+	}
+	switch ps.Name {
+	case "TimeZone":
+		s.tzName.Store(&ps.Value)
+	case "standard_conforming_strings":
+		s.scsOff.Store(ps.Value != "on")
+	case "client_encoding":
+		s.nonUTF8.Store(!strings.EqualFold(ps.Value, "UTF8") && !strings.EqualFold(ps.Value, "UTF-8"))
+	}
 }
 
 // portalPlan is the plan for an Execute's rows: from the portal's own

@@ -113,6 +113,8 @@ type session struct {
 	q          queue        // client pump → server pump
 	cat        atomic.Pointer[catalog]
 	tzName     atomic.Pointer[string] // the session's TimeZone, from ParameterStatus
+	scsOff     atomic.Bool            // standard_conforming_strings is off
+	nonUTF8    atomic.Bool            // client_encoding is not UTF8
 	// needCatalog asks the client pump to reload the catalog at the next
 	// point where nothing is in flight.
 	needCatalog bool

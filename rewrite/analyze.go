@@ -267,6 +267,7 @@ func (an *analysis) top(n *pg.Node) {
 			an.refuse(CodeFeatureNotSupported, nil, "", "rules on or mentioning table %s, which has encrypted columns, are refused: they would move values the proxy cannot see", t.Name)
 		}
 	case *pg.Node_DoStmt:
+		an.reusable = false // the body is a string constant
 		for _, arg := range s.DoStmt.Args {
 			if d := arg.GetDefElem(); d != nil && d.Defname == "as" {
 				if an.a.mayTouch(d.Arg.GetString_().GetSval()) {
@@ -346,6 +347,7 @@ func (an *analysis) refuseView(q *pg.Node) {
 }
 
 func (an *analysis) createFunction(f *pg.CreateFunctionStmt) {
+	an.reusable = false // the body is a string constant
 	bad := false
 	for _, o := range f.Options {
 		d := o.GetDefElem()
@@ -753,6 +755,7 @@ func (an *analysis) sortLimit(s *pg.SelectStmt, sc *scope, out relOut) {
 // when it refers to an output column by position or by alias.
 func (an *analysis) outputRef(n *pg.Node, sc *scope, out relOut) *policy.Column {
 	if k := n.GetAConst(); k != nil {
+		an.reusable = false // the position is a constant the template would not check
 		if iv, ok := k.Val.(*pg.A_Const_Ival); ok {
 			i := int(iv.Ival.GetIval())
 			if len(out.stars) > 0 && out.hasPolicy() {
@@ -959,7 +962,11 @@ func (an *analysis) from(n *pg.Node, sc *scope) {
 		}
 	case *pg.Node_RangeSubselect:
 		rs := f.RangeSubselect
-		out := an.query(rs.Subquery, sc)
+		outer := sc
+		if !rs.Lateral {
+			outer = sc.parent // siblings are not visible without LATERAL
+		}
+		out := an.query(rs.Subquery, outer)
 		r := &rte{derived: true, outs: out.outs, stars: out.stars}
 		if rs.Alias != nil {
 			r.name = rs.Alias.Aliasname

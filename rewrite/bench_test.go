@@ -63,3 +63,16 @@ func BenchmarkFullAnalysis(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPolicyMayTouch is policy.MayTouch on the same statement, for
+// comparison with BenchmarkMayTouchFalse (which also returns a Result).
+func BenchmarkPolicyMayTouch(b *testing.B) {
+	p := testAnalyzer(b).Policy()
+	q := "SELECT o.id, o.total, o.created_at FROM orders o JOIN items i ON i.order_id = o.id WHERE o.customer_id = $1 AND o.status = $2 ORDER BY o.created_at DESC LIMIT 50"
+	b.ReportAllocs()
+	for b.Loop() {
+		if p.MayTouch(q) {
+			b.Fatal("touches")
+		}
+	}
+}

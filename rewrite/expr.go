@@ -235,11 +235,15 @@ func (an *analysis) in(e *pg.A_Expr, op string, sc *scope, why string) {
 		return
 	}
 	an.needDeterministic(col, "IN")
-	quant := "= ANY("
+	// IN binds tighter than =, so the rewrite is parenthesised: a = b IN
+	// (…) must become a = (b = ANY(…)).
+	from := an.toks.at(e.Location) // IN, or NOT of NOT IN
+	cs, ce := an.operandSpan(e.Lexpr, from)
+	quant := " = ANY("
 	if op == "<>" {
-		quant = "<> ALL("
+		quant = " <> ALL("
 	}
-	parts := []part{{text: quant, lit: -1}}
+	parts := []part{{text: "(" + an.toks.text(an.sql, cs, ce) + quant, lit: -1}}
 	for i, it := range items {
 		v := valueOf(it)
 		if v == nil {
@@ -256,8 +260,7 @@ func (an *analysis) in(e *pg.A_Expr, op string, sc *scope, why string) {
 		}
 		parts = append(parts, an.compareParts(col, v)...)
 	}
-	parts = append(parts, part{text: ")", lit: -1})
-	from := an.toks.at(e.Location) // IN, or NOT of NOT IN
+	parts = append(parts, part{text: "))", lit: -1})
 	open := from + 1
 	if an.toks.kind(from) == pg.Token_NOT {
 		open++
@@ -266,7 +269,7 @@ func (an *analysis) in(e *pg.A_Expr, op string, sc *scope, why string) {
 		an.refuse(CodeFeatureNotSupported, col, "write col IN (…) with parameters or constants",
 			"the proxy cannot rewrite this IN list on encrypted column %s", col)
 	}
-	an.edit(from, int(an.toks.match[open])+1, parts)
+	an.edit(cs, int(an.toks.match[open])+1, parts)
 }
 
 // compareParts is the bytea[] operand for comparing col with v.
@@ -334,8 +337,14 @@ func (an *analysis) funcCall(fc *pg.FuncCall, sc *scope, why string) {
 			}
 			return
 		}
-	case name == "set_config" && len(fc.Args) == 3:
-		if k := fc.Args[0].GetAConst(); k != nil && k.GetSval().GetSval() == "search_path" {
+	case name == "set_config":
+		// Its constants decide what it sets: never reuse this analysis
+		// for other constants.
+		an.reusable = false
+		if len(fc.Args) != 3 {
+			break
+		}
+		if k := fc.Args[0].GetAConst(); k == nil || k.GetSval().GetSval() == "search_path" {
 			local := false
 			if b := fc.Args[2].GetAConst(); b != nil {
 				local = b.GetBoolval().GetBoolval()

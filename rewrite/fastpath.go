@@ -33,41 +33,71 @@ func mentionsSearchPath(sql string) bool {
 		containsFold(sql, "reset") || containsFold(sql, "discard")
 }
 
-// needsAnalysis is mayTouch or mentionsSearchPath in one lower-casing pass.
+// needsAnalysis is mayTouch and mentionsSearchPath in one pass over a
+// lower-cased copy held on the stack: at each byte, only the needles that
+// start with that byte are tried.
 func (a *Analyzer) needsAnalysis(sql string) (touch, path bool) {
 	if a.slow {
 		return a.pol.MayTouch(sql), mentionsSearchPath(sql)
 	}
-	var buf [2048]byte
+	var buf [1024]byte
 	lower := lowerASCII(buf[:0], sql)
-	for _, w := range pathWords {
-		if bytes.Contains(lower, w) {
-			path = true
-			break
+	for i, c := range lower {
+		for _, n := range a.first[c] {
+			if len(lower)-i >= len(n.word) && string(lower[i:i+len(n.word)]) == n.word {
+				if n.path {
+					path = true
+				} else {
+					touch = true
+				}
+				if touch && path {
+					return
+				}
+			}
 		}
 	}
-	return a.containsName(lower), path
+	return
 }
+
+// needle is one word the fast path looks for.
+type needle struct {
+	word string
+	path bool // a search-path word rather than a table name
+}
+
+func (a *Analyzer) buildNeedles() {
+	add := func(w string, path bool) {
+		a.first[w[0]] = append(a.first[w[0]], needle{w, path})
+	}
+	for _, w := range pathWords {
+		add(w, true)
+	}
+	if len(a.names) > 0 {
+		add(`u&"`, false)
+	}
+	for _, n := range a.names {
+		if n != "" {
+			add(n, false)
+		}
+	}
+}
+
+var pathWords = []string{"search_path", "schema", "reset", "discard"}
 
 func (a *Analyzer) containsName(lower []byte) bool {
 	if len(a.names) == 0 {
 		return false
 	}
-	if bytes.Contains(lower, uEscape) {
+	if bytes.Contains(lower, []byte(`u&"`)) {
 		return true
 	}
-	for _, n := range a.needles {
-		if bytes.Contains(lower, n) {
+	for _, n := range a.names {
+		if bytes.Contains(lower, []byte(n)) {
 			return true
 		}
 	}
 	return false
 }
-
-var (
-	uEscape   = []byte(`u&"`)
-	pathWords = [][]byte{[]byte("search_path"), []byte("schema"), []byte("reset"), []byte("discard")}
-)
 
 // lowerASCII appends s to dst with ASCII letters lower-cased; dst's array
 // lives on the caller's stack for ordinary statement sizes.

@@ -3,6 +3,7 @@ package rewrite
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 
@@ -132,6 +133,7 @@ const (
 	CodeSyntaxError         = "42601" // unparseable statement that may reference a policy table
 	CodeDatatypeMismatch    = "42804" // a parameter or cast whose type conflicts with the column
 	CodeAmbiguousColumn     = "42702" // a name the proxy cannot resolve with certainty
+	CodeUndefinedTable      = "42P01" // a qualifier that names no table of the statement
 	CodeInternalError       = "XX000" // the analyser failed; the statement is refused to stay safe
 )
 
@@ -142,11 +144,11 @@ type Analyzer struct {
 	byName map[string][]*policy.Table
 	// names are the lower-cased bare table names for the fast path; slow
 	// is set when one of them needs policy.MayTouch's Unicode folding.
-	names   []string
-	needles [][]byte
-	slow    bool
-	exact   *lru[exactKey, *Result]
-	fps     *lru[fpKey, *template]
+	names []string
+	first [256][]needle // fast-path needles by first byte
+	slow  bool
+	exact *lru[exactKey, *Result]
+	fps   *lru[fpKey, *template]
 }
 
 type exactKey struct{ sp, sql string }
@@ -179,9 +181,7 @@ func NewAnalyzer(p *policy.Policy, opts Options) *Analyzer {
 			a.names = append(a.names, strings.ReplaceAll(l, `"`, `""`))
 		}
 	}
-	for _, n := range a.names {
-		a.needles = append(a.needles, []byte(n))
-	}
+	a.buildNeedles()
 	if size > 0 {
 		a.exact = newLRU[exactKey, *Result](size)
 		a.fps = newLRU[fpKey, *template](size)
@@ -227,7 +227,10 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 	}
 	var fp uint64
 	fpOK := false
-	if a.fps != nil && toks.constants > 0 {
+	// pg_query cannot parse invalid UTF-8 (its tree is protobuf), so such
+	// text must take the full path and its refusal, never a cached
+	// template.
+	if a.fps != nil && toks.constants > 0 && utf8.ValidString(sql) {
 		if f, err := pg.FingerprintToUInt64(sql); err == nil {
 			fp, fpOK = f, true
 			if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {

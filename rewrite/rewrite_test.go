@@ -52,9 +52,11 @@ func TestAnalyzeRewrites(t *testing.T) {
 		{"select eq cast", "SELECT id FROM users WHERE email = $1::text AND dob = '2001-02-03'::date", nil,
 			"SELECT id FROM users WHERE email = ANY($1::bytea[]) AND dob = ANY(<dob compare \"2001-02-03\">)", "$1=email/compare", "select"},
 		{"select in", "SELECT id FROM users WHERE age IN (1, -2, $1::int4)", nil,
-			"SELECT id FROM users WHERE age = ANY(<age compare \"1\"> || <age compare \"-2\"> || $1::bytea[])", "$1=age/compare", "select"},
+			"SELECT id FROM users WHERE (age = ANY(<age compare \"1\"> || <age compare \"-2\"> || $1::bytea[]))", "$1=age/compare", "select"},
 		{"select not in", "SELECT id FROM users WHERE email NOT IN ($1, $2)", nil,
-			"SELECT id FROM users WHERE email <> ALL($1::bytea[] || $2::bytea[])", "$1=email/compare $2=email/compare", "select"},
+			"SELECT id FROM users WHERE (email <> ALL($1::bytea[] || $2::bytea[]))", "$1=email/compare $2=email/compare", "select"},
+		{"in precedence", "SELECT id FROM users WHERE true = (email) IN ('a')", nil,
+			"SELECT id FROM users WHERE true = ((email) = ANY(<email compare \"a\">))", "", "select"},
 		{"null literal compare", "SELECT id FROM users WHERE email = NULL", nil,
 			"SELECT id FROM users WHERE email = ANY(<NULL email compare>)", "", "select"},
 		{"is null any column", "SELECT id FROM users WHERE ssn IS NULL OR email IS NOT NULL", nil,
@@ -86,6 +88,8 @@ func TestAnalyzeRewrites(t *testing.T) {
 			"SET search_path TO app; SELECT token FROM secrets WHERE token = ANY(<token compare \"abc\">)", "", "set"},
 		{"comments kept", "/* trace=1 */ SELECT 1 FROM users WHERE email = -- c\n 'x'", nil,
 			"/* trace=1 */ SELECT 1 FROM users WHERE email = -- c\n ANY(<email compare \"x\">)", "", "select"},
+		{"non-lateral sibling is not an outer scope", "SELECT u.ssn FROM users u, (SELECT id FROM orders WHERE email = 'x') o", nil,
+			"SELECT u.ssn FROM users u, (SELECT id FROM orders WHERE email = 'x') o", "", "select"},
 		{"explain", "EXPLAIN SELECT 1 FROM users WHERE email = 'x'", nil,
 			"EXPLAIN SELECT 1 FROM users WHERE email = ANY(<email compare \"x\">)", "", "explain"},
 		{"ddl", "ALTER TABLE users ADD COLUMN phone bytea", nil, "ALTER TABLE users ADD COLUMN phone bytea", "", "ddl"},
@@ -194,6 +198,7 @@ func TestAnalyzeRefusals(t *testing.T) {
 		{"distinct from", "SELECT 1 FROM users WHERE email IS DISTINCT FROM $1", CodeFeatureNotSupported, "email"},
 		{"whole row", "SELECT row_to_json(u.*) FROM users u", CodeFeatureNotSupported, ""},
 		{"multi statement refusal", "SELECT 1; SELECT upper(ssn) FROM users", CodeFeatureNotSupported, "ssn"},
+		{"unknown qualifier", "SELECT 1 FROM accounts WHERE a.iban IN ('x')", CodeUndefinedTable, "iban"},
 		{"bit string", "INSERT INTO users(ssn) VALUES (B'101')", CodeDatatypeMismatch, "ssn"},
 	}
 	for _, tt := range tests {
@@ -299,6 +304,7 @@ func TestFingerprintCache(t *testing.T) {
 		{"INSERT INTO users(age) VALUES (1)", "INSERT INTO users(age) VALUES (1.5)"},
 		{"SELECT 1 FROM users u WHERE email = 'a'", "SELECT 1 FROM users v WHERE email = 'a'"},
 		{"SELECT 1 FROM users WHERE email = 'a'", "SELECT 1 FROM users WHERE ssn = 'a'"},
+		{"UPDATE users SET (ssn, a) = (0, 'x')", "UPDATE users SET (ssn, a) = (0, '\xb4')"}, // invalid UTF-8: found by FuzzAnalyze
 	}
 	for _, p := range pairs {
 		warm := testAnalyzer(t)
@@ -345,5 +351,45 @@ func TestEmptyPolicyPassThrough(t *testing.T) {
 	r := a.Analyze("INSERT INTO users(ssn) VALUES ('x')", nil)
 	if r.Touches || r.SQL != "INSERT INTO users(ssn) VALUES ('x')" {
 		t.Errorf("%+v", r)
+	}
+}
+
+// TestFingerprintValueDependent: analyses that depend on a constant's
+// value are never reused for other constants.
+func TestFingerprintValueDependent(t *testing.T) {
+	pairs := [][2]string{
+		{"SELECT id, email FROM users ORDER BY 1", "SELECT id, email FROM users ORDER BY 2"},
+		{"SELECT set_config('work_mem', '1MB', false), ssn FROM users", "SELECT set_config('search_path', 'app', false), ssn FROM users"},
+		{"DO $$ BEGIN PERFORM 1; END $$; SELECT ssn FROM users", "DO $$ BEGIN DELETE FROM users; END $$; SELECT ssn FROM users"},
+	}
+	for _, p := range pairs {
+		a := testAnalyzer(t)
+		a.Analyze(p[0], nil)
+		got := a.Analyze(p[1], nil)
+		want := testAnalyzer(t).Analyze(p[1], nil)
+		if (got.Refusal == nil) != (want.Refusal == nil) || got.SearchPathChanged != want.SearchPathChanged {
+			t.Errorf("%s after %s: got refusal=%v path=%v, want refusal=%v path=%v", p[1], p[0], got.Refusal, got.SearchPathChanged, want.Refusal, want.SearchPathChanged)
+		}
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	a := NewAnalyzer(testAnalyzer(t).Policy(), Options{CacheSize: 64})
+	done := make(chan bool)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			defer func() { done <- true }()
+			for i := 0; i < 300; i++ {
+				q := "INSERT INTO users(id, ssn) VALUES (" + itoa(int32(i%50)) + ", 'v" + itoa(int32(g)) + "')"
+				r := a.Analyze(q, nil)
+				if len(r.Literals) != 1 || r.Literals[0].Value != "v"+itoa(int32(g)) {
+					t.Errorf("%s: %s", q, spliced(r))
+					return
+				}
+			}
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		<-done
 	}
 }

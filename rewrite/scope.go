@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"strings"
+
 	pg "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
@@ -154,11 +156,15 @@ func (an *analysis) resolve(cr *pg.ColumnRef, sc *scope) *policy.Column {
 	case 2:
 		if r := sc.find(names[0]); r != nil {
 			c, _, _ = r.lookup(names[1])
+		} else {
+			an.unknownQualifier(names)
 		}
 	default:
 		n := len(names)
 		if r := sc.findQualified(names[n-3], names[n-2]); r != nil {
 			c, _, _ = r.lookup(names[n-1])
+		} else {
+			an.unknownQualifier(names)
 		}
 	}
 	if c != nil {
@@ -272,4 +278,17 @@ func (an *analysis) onlyCandidate(name string, cands []*policy.Table) *policy.Ta
 	an.refuse(CodeAmbiguousColumn, nil, "qualify the table name with its schema",
 		"table %s is not qualified and several encrypted tables have that name", quoteIdent(name))
 	return nil
+}
+
+// unknownQualifier refuses a qualified reference to a name missing from
+// the FROM list when its column name is a policy column's: the server
+// would reject it, but only after the statement's values reached its logs.
+func (an *analysis) unknownQualifier(names []string) {
+	col := names[len(names)-1]
+	for _, t := range an.a.pol.Tables() {
+		if c := t.Column(col); c != nil {
+			an.refuse(CodeUndefinedTable, c, "add the table to FROM or fix the qualifier",
+				"column reference %s names no table of the statement and may mean encrypted column %s", quoteIdent(strings.Join(names[:len(names)-1], "."))+"."+quoteIdent(col), c)
+		}
+	}
 }

@@ -32,6 +32,7 @@ const usage = `pgcrypt-proxy: transparent column encryption for PostgreSQL
 
 Usage:
   pgcrypt-proxy serve   [--config FILE] [--SETTING VALUE ...]   run the proxy
+  pgcrypt-proxy policy check [--config FILE] [--dsn DSN]              validate the policy against the live schema
   pgcrypt-proxy keys list [--json] [--config FILE]               show data keys, their KEK versions and states
   pgcrypt-proxy kms local init|rotate|list|enable|disable|destroy --keyring FILE
                                                                  manage the local keyring ("kms --help")
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return keysCmd(args[1:], stdout, stderr)
 	case "kms":
 		return kmsCmd(args[1:], stdout, stderr)
+	case "policy":
+		return policyCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "pgcrypt-proxy %s (%s, %s/%s)\n", version, buildInfo(), runtime.GOOS, runtime.GOARCH)
 		return 0
