@@ -59,13 +59,40 @@
 //     session is idle, and ReadyForQuery's status byte says whether it is
 //     inside a transaction.
 //
-//  6. Close. A client Terminate is forwarded and ends the session. A client
+//  6. Encryption. When the server has a policy (Config.Policy) the pumps
+//     understand the messages that carry SQL, values and results, and keep
+//     an ordered queue of what each reply needs (extended.go, results.go):
+//     right after authentication, the session loads the catalog of policy
+//     tables (table OID and attribute number to policy column) on its own
+//     connection, before the client sees ReadyForQuery. Parse and Query
+//     text is analysed by package rewrite (cached by text; statements that
+//     cannot name a policy table skip parsing). Parse goes on with
+//     parameters bound for policy columns typed bytea (bytea[] for
+//     deterministic comparisons, which try every live data-key version);
+//     Bind encrypts those parameters (text or binary) and sends them binary;
+//     a simple Query's policy literals are replaced by ciphertext literals.
+//     The server's ParameterDescription and RowDescription are shown to the
+//     client in the policy's declared types, and DataRow values of policy
+//     columns are decrypted and re-encoded in the format the client asked
+//     for. An Execute whose result columns the proxy does not know yet gets
+//     a Describe the proxy injects and whose reply it swallows. COPY FROM
+//     STDIN data is encrypted row by row and COPY TO STDOUT data decrypted
+//     (copy.go). A statement the proxy refuses is replaced by one that makes
+//     the server raise the proxy's error (SQLSTATE, message, hint), so the
+//     session ends up exactly as after a server error: a transaction block
+//     is aborted and an extended-protocol batch skips to Sync. A value that
+//     does not decrypt fails its statement with XX001 for the client, and a
+//     transaction block it happened in is aborted on the server before the
+//     client's next statement. Without a policy none of this runs and
+//     messages are relayed as the bytes that arrived.
+//
+//  7. Close. A client Terminate is forwarded and ends the session. A client
 //     that vanishes while a query runs gets that query cancelled upstream,
 //     so the server does not keep working for nobody. Either side closing
 //     closes the other. One log line records why, how long the session
 //     lasted and the bytes moved.
 //
-//  7. Shutdown. Server.Shutdown stops accepting, then closes each session as
+//  8. Shutdown. Server.Shutdown stops accepting, then closes each session as
 //     soon as it is idle outside a transaction, with PostgreSQL's own
 //     "terminating connection due to administrator command" (57P01) to the
 //     client and a Terminate to the server; sessions still busy when the

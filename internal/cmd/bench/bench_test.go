@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,5 +103,91 @@ func TestFlags(t *testing.T) {
 	}
 	if seconds(1500*time.Millisecond) != 2 || seconds(0) != 1 {
 		t.Error("seconds")
+	}
+}
+
+func TestSelectAndGroupWorkloads(t *testing.T) {
+	names := func(ws []workload) []string {
+		var s []string
+		for _, w := range ws {
+			s = append(s, w.Name)
+		}
+		return s
+	}
+	all := allWorkloads()
+	// -only enc selects each enc workload with its plain twin.
+	ws := selectWorkloads(all, regexp.MustCompile("enc"), false)
+	if len(ws) != 12 {
+		t.Fatalf("-only enc: %v", names(ws))
+	}
+	// Matching the twin selects the pair too, and nothing else.
+	ws = selectWorkloads(all, regexp.MustCompile("^plain-select/prepared$"), false)
+	if got := strings.Join(names(ws), ","); got != "plain-select/prepared,enc-select/prepared" {
+		t.Errorf("-only plain-select/prepared: %s", got)
+	}
+	gs := groupWorkloads(ws)
+	if len(gs) != 1 || len(gs[0]) != 2 {
+		t.Fatalf("groups: %+v", gs)
+	}
+	var jobs []string
+	for _, j := range gs[0].jobs(targetOrder) {
+		jobs = append(jobs, j.w.Name+"@"+j.target)
+	}
+	if got := strings.Join(jobs, ","); got != "plain-select/prepared@direct,plain-select/prepared@proxy,enc-select/prepared@proxy" {
+		t.Errorf("jobs: %s", got)
+	}
+	// Issue 2's workloads stay one group each, on every target.
+	ws = selectWorkloads(all, regexp.MustCompile("select-only"), false)
+	if gs := groupWorkloads(ws); len(gs) != 2 || len(gs[0].jobs(targetOrder)) != len(targetOrder) {
+		t.Errorf("select-only: %+v", gs)
+	}
+	// -no-policy drops the pairs.
+	if ws := selectWorkloads(all, regexp.MustCompile(""), true); len(ws) != len(workloads()) {
+		t.Errorf("-no-policy: %v", names(ws))
+	}
+	// Every enc workload has a twin, and both have a script.
+	for _, w := range all {
+		if strings.HasPrefix(w.Name, "enc-") && (w.Twin == "" || len(w.Scripts) != 1 || w.runsOn(targetDirect)) {
+			t.Errorf("%s: %+v", w.Name, w)
+		}
+	}
+}
+
+func TestEncSummaryAndChecks(t *testing.T) {
+	var runs []runResult
+	add := func(workload, target string, tps, lat float64) {
+		runs = append(runs, runResult{Round: 1, Workload: workload, Clients: encGoalClients, Target: target,
+			TPS: tps, LatencyMS: lat, CPUUsPerTxn: 10})
+	}
+	add("plain-select/prepared", targetDirect, 2000, 0.5)
+	add("plain-select/prepared", targetProxy, 1000, 1)
+	add("enc-select/prepared", targetProxy, 950, 1.05)
+	add("plain-insert/prepared", targetProxy, 1000, 1)
+	add("enc-insert/prepared", targetProxy, 850, 1.2)
+	add("plain-scan-10k/prepared", targetProxy, 100, 10)
+	add("enc-scan-10k/prepared", targetProxy, 40, 29)
+	ws := selectWorkloads(allWorkloads(), regexp.MustCompile("prepared"), false)
+	rows := encSummary(summarize(runs), ws)
+	if len(rows) != 3 {
+		t.Fatalf("rows: %+v", rows)
+	}
+	if r := rows[0]; r.Workload != "enc-select/prepared" || math.Abs(r.TPSRatio-0.95) > 1e-9 || r.PlainVsDirect != 0.5 {
+		t.Errorf("select row: %+v", r)
+	}
+	got := map[string]string{}
+	for _, c := range encChecks(rows) {
+		if c.Issue != 4 {
+			t.Errorf("issue %d: %+v", c.Issue, c)
+		}
+		got[c.Name[:strings.Index(c.Name, " ")]+"/"+map[bool]string{true: "prepared", false: "simple"}[strings.Contains(c.Name, "prepared")]] = c.Result
+	}
+	want := map[string]string{
+		"enc-select/prepared": "PASS", "enc-insert/prepared": "FAIL", "enc-scan-10k/prepared": "PASS",
+		"enc-select/simple": "n/a", "enc-insert/simple": "n/a", "enc-scan-10k/simple": "n/a",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s (all: %v)", k, got[k], v, got)
+		}
 	}
 }

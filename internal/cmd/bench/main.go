@@ -45,6 +45,8 @@ type options struct {
 	warmup    time.Duration
 	strict    bool
 	tls       bool
+	noPolicy  bool
+	baseline  bool // -nopolicy-proxy
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -60,7 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each pgbench run (pgbench -T, whole seconds)")
 	fs.IntVar(&o.rounds, "rounds", 1, "repeat the whole matrix this many times and report the median")
 	clients := fs.String("clients", "1,16", "comma-separated client counts (pgbench -c; -j is min(clients, 2))")
-	only := fs.String("only", "", "run only workloads whose name matches this regexp (e.g. 'select-only/prepared')")
+	only := fs.String("only", "", "run only workloads whose name matches this regexp (e.g. 'select-only/prepared', 'enc'; an enc-* workload and its plain-* twin go together)")
 	fs.StringVar(&o.proxyBin, "proxy-bin", "", "proxy binary to run (default: go build -o bin/pgcrypt-proxy ./cmd/pgcrypt-proxy, then that)")
 	proxyArgs := fs.String("proxy-args", "", "extra arguments for `pgcrypt-proxy serve`, split on spaces (e.g. '--log.level error')")
 	fs.StringVar(&o.jsonFile, "json", ".bench/results.json", "write the results as JSON to this file")
@@ -68,7 +70,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "unrecorded select-only run against each target before the matrix (0: none)")
 	fs.BoolVar(&o.tls, "tls", false, "TLS 1.3 on both legs of every target (pgbench sslmode=require; upstream verify-full)")
-	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a target of issue 2 is missed (not only on errors)")
+	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a target of issue 2 or 4 is missed (not only on errors)")
+	fs.BoolVar(&o.noPolicy, "no-policy", false, "run the proxy without a policy (pass-through only; skips the enc/plain workloads)")
+	fs.BoolVar(&o.baseline, "nopolicy-proxy", false, "also run the issue-2 workloads through a second proxy without a policy, interleaved, and print the policy's cost on pass-through")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -204,6 +208,10 @@ type environment struct {
 	Clients         []int    `json:"clients"`
 	Scale           int      `json:"scale"`
 	TLS             bool     `json:"tls"` // TLS 1.3 on both legs of every target
+	// Policy says whether the proxy ran with the bench's policy.
+	Policy string `json:"policy"`
+	// PrefillSeconds is how long loading bench_enc through the proxy took.
+	PrefillSeconds float64 `json:"enc_prefill_s,omitempty"`
 }
 
 func (b *bench) onCleanup(f func() error) { b.cleanups = append(b.cleanups, f) }
@@ -220,15 +228,13 @@ func (b *bench) cleanup() error {
 func (b *bench) run(ctx context.Context) error {
 	o := b.opts
 	b.started = time.Now().UTC()
-	for _, w := range workloads() {
-		if o.only.MatchString(w.Name) {
-			b.workloads = append(b.workloads, w)
-		}
-	}
+	b.workloads = selectWorkloads(allWorkloads(), o.only, o.noPolicy)
 	if len(b.workloads) == 0 {
 		var names []string
-		for _, w := range workloads() {
-			names = append(names, w.Name)
+		for _, w := range allWorkloads() {
+			if !o.noPolicy || !isEnc(w.Name) {
+				names = append(names, w.Name)
+			}
 		}
 		return fmt.Errorf("-only %q matches no workload (have: %s)", o.only, strings.Join(names, ", "))
 	}
@@ -240,7 +246,10 @@ func (b *bench) run(ctx context.Context) error {
 	b.env = environment{
 		CPUs: runtime.NumCPU(), CPUModel: cpuModel(), LoadAvg: loadAvg(), ClockTicks: b.clkTck,
 		DurationSeconds: seconds(o.duration), Rounds: o.rounds, Clients: o.clients, Scale: o.scale, TLS: o.tls,
-		ProxyArgs: o.proxyArgs,
+		ProxyArgs: o.proxyArgs, Policy: "policy: bench_enc, bench_enc_ins (a, b randomized; c deterministic)",
+	}
+	if o.noPolicy {
+		b.env.Policy = "no policy (-no-policy)"
 	}
 	b.env.BackgroundBusy = sampleBusy(ctx, time.Second)
 
@@ -307,6 +316,14 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.setupWorkloads(ctx); err != nil {
 		return err
 	}
+	var enc *encConfig
+	if !o.noPolicy {
+		// The proxy always runs with the policy, so that its pass-through
+		// figures (issue 2, plain-*) are measured under the same config.
+		if enc, err = b.prepareEncryption(ctx, cluster); err != nil {
+			return err
+		}
+	}
 	b.logf("bench: PostgreSQL ready in %v", time.Since(began).Round(time.Millisecond))
 
 	if pgbErr == nil {
@@ -323,13 +340,33 @@ func (b *bench) run(ctx context.Context) error {
 			b.logf("bench: PgBouncer (pid %d) on %s:%d, session mode", t.d.pid(), t.ep.host, t.ep.port)
 		}
 	}
-	t, stop, err := startProxy(ctx, b.env.ProxyBin, direct, o.proxyArgs, tf, o.logDir)
+	t, stop, err := startProxy(ctx, targetProxy, b.env.ProxyBin, direct, o.proxyArgs, tf, enc, o.logDir)
 	if err != nil {
 		return err
 	}
 	b.onCleanup(stop)
 	b.targets[targetProxy] = t
-	b.logf("bench: proxy (pid %d) on %s:%d, log %s", t.d.pid(), t.ep.host, t.ep.port, t.d.logFile)
+	b.logf("bench: proxy (pid %d) on %s:%d, %s, log %s", t.d.pid(), t.ep.host, t.ep.port, b.env.Policy, t.d.logFile)
+	if o.baseline && enc != nil {
+		t, stop, err := startProxy(ctx, targetProxyNoPolicy, b.env.ProxyBin, direct, o.proxyArgs, tf, nil, o.logDir)
+		if err != nil {
+			return err
+		}
+		b.onCleanup(stop)
+		b.targets[targetProxyNoPolicy] = t
+		b.logf("bench: %s (pid %d) on %s:%d, no policy, log %s", t.name, t.d.pid(), t.ep.host, t.ep.port, t.d.logFile)
+	}
+
+	if slices.ContainsFunc(b.workloads, needsPrefill) {
+		took, err := b.prefill(ctx, t.ep)
+		if err != nil {
+			if !t.d.alive() {
+				err = fmt.Errorf("%w\n%v", err, t.d.exitError())
+			}
+			return err
+		}
+		b.env.PrefillSeconds = took.Seconds()
+	}
 
 	if err := b.warm(ctx); err != nil {
 		return err
@@ -446,7 +483,9 @@ func (b *bench) warm(ctx context.Context) error {
 
 // matrix runs every workload at every client count against every target,
 // targets back to back, rounds times. Each round starts with a different
-// target so that none always runs first.
+// target so that none always runs first. An enc workload and its plain twin
+// form one group whose runs (plain direct, plain proxy, enc proxy) go back
+// to back in the same way.
 func (b *bench) matrix(ctx context.Context) error {
 	o := b.opts
 	var order []string
@@ -455,16 +494,29 @@ func (b *bench) matrix(ctx context.Context) error {
 			order = append(order, name)
 		}
 	}
-	total := o.rounds * len(b.workloads) * len(o.clients) * len(order)
+	groups := groupWorkloads(b.workloads)
+	var total, width int
+	for _, g := range groups {
+		total += o.rounds * len(o.clients) * len(g.jobs(order))
+		for _, w := range g {
+			width = max(width, len(w.Name))
+		}
+	}
+	twidth := 0
+	for _, name := range order {
+		twidth = max(twidth, len(name))
+	}
 	n := 0
 	est := time.Duration(total) * time.Duration(seconds(o.duration)) * time.Second
 	b.logf("bench: %d runs of %ds (about %v)", total, seconds(o.duration), est.Round(time.Second))
 	for round := 1; round <= o.rounds; round++ {
-		rot := (round - 1) % len(order)
-		roundOrder := append(slices.Clone(order[rot:]), order[:rot]...)
-		for _, w := range b.workloads {
+		for _, g := range groups {
+			jobs := g.jobs(order)
+			rot := (round - 1) % len(jobs)
+			jobs = append(slices.Clone(jobs[rot:]), jobs[:rot]...)
 			for _, c := range o.clients {
-				for _, name := range roundOrder {
+				for _, j := range jobs {
+					w, name := j.w, j.target
 					n++
 					r := b.measure(ctx, round, w, c, b.targets[name])
 					if ctx.Err() != nil {
@@ -473,16 +525,16 @@ func (b *bench) matrix(ctx context.Context) error {
 					b.runs = append(b.runs, r)
 					if r.Error != "" {
 						b.failedRuns++
-						b.logf("[%*d/%d] round %d %-22s c=%-3d %-9s FAILED: %s", len(strconv.Itoa(total)), n, total,
-							round, w.Name, c, name, r.Error)
+						b.logf("[%*d/%d] round %d %-*s c=%-3d %-*s FAILED: %s", len(strconv.Itoa(total)), n, total,
+							round, width, w.Name, c, twidth, name, r.Error)
 						continue
 					}
 					cpu := ""
 					if r.CPUUsPerTxn > 0 {
 						cpu = fmt.Sprintf(", %.1f µs CPU/txn", r.CPUUsPerTxn)
 					}
-					b.logf("[%*d/%d] round %d %-22s c=%-3d %-9s %9.0f tps, %.3f ms%s (other processes: %.0f%% of the machine)",
-						len(strconv.Itoa(total)), n, total, round, w.Name, c, name, r.TPS, r.LatencyMS, cpu, r.OtherBusyPct)
+					b.logf("[%*d/%d] round %d %-*s c=%-3d %-*s %9.0f tps, %.3f ms%s (other processes: %.0f%% of the machine)",
+						len(strconv.Itoa(total)), n, total, round, width, w.Name, c, twidth, name, r.TPS, r.LatencyMS, cpu, r.OtherBusyPct)
 				}
 			}
 		}
@@ -639,4 +691,75 @@ func loadAvg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// selectWorkloads returns the workloads of all that -only selects, in
+// order: an enc-* workload and its plain-* twin are selected together when
+// either matches. noPolicy drops both.
+func selectWorkloads(all []workload, only *regexp.Regexp, noPolicy bool) []workload {
+	chosen := map[string]bool{}
+	for _, w := range all {
+		if only.MatchString(w.Name) || (w.Twin != "" && only.MatchString(w.Twin)) {
+			chosen[w.Name] = true
+			if w.Twin != "" {
+				chosen[w.Twin] = true
+			}
+		}
+	}
+	var ws []workload
+	for _, w := range all {
+		if chosen[w.Name] && (!noPolicy || !isEnc(w.Name)) {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// group is workloads whose runs interleave: one issue-2 workload, or a
+// plain-* twin and its enc-* workload.
+type group []workload
+
+type job struct {
+	w      workload
+	target string
+}
+
+// jobs returns the runs of one cell of g, in the given target order.
+func (g group) jobs(order []string) []job {
+	var js []job
+	for _, w := range g {
+		for _, name := range order {
+			if w.runsOn(name) {
+				js = append(js, job{w, name})
+			}
+		}
+	}
+	return js
+}
+
+// groupWorkloads puts each enc workload with its twin (twin first), in the
+// order of ws.
+func groupWorkloads(ws []workload) []group {
+	twins := map[string]workload{}
+	for _, w := range ws {
+		if w.Twin != "" {
+			twins[w.Twin] = w
+		}
+	}
+	byName := map[string]workload{}
+	for _, w := range ws {
+		byName[w.Name] = w
+	}
+	var gs []group
+	for _, w := range ws {
+		if _, isTwin := twins[w.Name]; isTwin {
+			continue // grouped with its enc workload
+		}
+		if t, ok := byName[w.Twin]; ok && w.Twin != "" {
+			gs = append(gs, group{t, w})
+			continue
+		}
+		gs = append(gs, group{w})
+	}
+	return gs
 }

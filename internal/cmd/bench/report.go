@@ -32,6 +32,10 @@ type cell struct {
 	ProxyVsPgBouncer float64 `json:"proxy_vs_pgbouncer_tps,omitempty"`
 	PgBouncerVsDir   float64 `json:"pgbouncer_vs_direct_tps,omitempty"`
 	CPUProxyVsPgB    float64 `json:"proxy_vs_pgbouncer_cpu_per_txn,omitempty"`
+	// With -nopolicy-proxy: the proxy (with the policy) against the
+	// second proxy without one.
+	PolicyVsNoPolicyTPS float64 `json:"proxy_vs_nopolicy_tps,omitempty"`
+	PolicyVsNoPolicyCPU float64 `json:"proxy_vs_nopolicy_cpu_per_txn,omitempty"`
 }
 
 func (c *cell) get(target string) *targetSummary {
@@ -41,8 +45,9 @@ func (c *cell) get(target string) *targetSummary {
 	return nil
 }
 
-// check is one target of issue 2.
+// check is one target of issue 2 or issue 4.
 type check struct {
+	Issue  int    `json:"issue"`
 	Name   string `json:"name"`
 	Result string `json:"result"` // PASS, FAIL or n/a
 	Detail string `json:"detail"`
@@ -58,6 +63,7 @@ type results struct {
 	Interrupted bool        `json:"interrupted,omitempty"`
 	Environment environment `json:"environment"`
 	Summary     []*cell     `json:"summary"`
+	Encryption  []*encRow   `json:"encryption,omitempty"` // issue 4: enc vs plain through the proxy
 	Checks      []check     `json:"checks"`
 	Runs        []runResult `json:"runs"`
 }
@@ -133,6 +139,10 @@ func summarize(runs []runResult) []*cell {
 		if p != nil && d != nil {
 			c.PgBouncerVsDir = ratio(p.TPS, d.TPS)
 		}
+		if n := c.get(targetProxyNoPolicy); n != nil && x != nil {
+			c.PolicyVsNoPolicyTPS = ratio(x.TPS, n.TPS)
+			c.PolicyVsNoPolicyCPU = ratio(x.CPUUsPerTxn, n.CPUUsPerTxn)
+		}
 	}
 	return cells
 }
@@ -148,7 +158,7 @@ func goalChecks(cells []*cell) []check {
 		}
 	}
 	na := func(why string) []check {
-		return []check{{tpsName, "n/a", why}, {cpuName, "n/a", why}}
+		return []check{{2, tpsName, "n/a", why}, {2, cpuName, "n/a", why}}
 	}
 	if c == nil {
 		return na("not run (see -only and -clients)")
@@ -160,21 +170,15 @@ func goalChecks(cells []*cell) []check {
 	case x == nil:
 		return na("no successful proxy run")
 	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "PASS"
-		}
-		return "FAIL"
-	}
 	checks := []check{{
-		tpsName, verdict(x.TPS >= p.TPS),
+		2, tpsName, verdict(x.TPS >= p.TPS),
 		fmt.Sprintf("proxy %.0f vs PgBouncer %.0f TPS = %.2fx", x.TPS, p.TPS, c.ProxyVsPgBouncer),
 	}}
 	if p.CPUUsPerTxn <= 0 || x.CPUUsPerTxn <= 0 {
-		checks = append(checks, check{cpuName, "n/a", "CPU time not measured"})
+		checks = append(checks, check{2, cpuName, "n/a", "CPU time not measured"})
 	} else {
 		checks = append(checks, check{
-			cpuName, verdict(x.CPUUsPerTxn <= goalCPURatio*p.CPUUsPerTxn),
+			2, cpuName, verdict(x.CPUUsPerTxn <= goalCPURatio*p.CPUUsPerTxn),
 			fmt.Sprintf("proxy %.1f vs PgBouncer %.1f µs/txn = %.2fx (limit %.1f µs)",
 				x.CPUUsPerTxn, p.CPUUsPerTxn, c.CPUProxyVsPgB, goalCPURatio*p.CPUUsPerTxn),
 		})
@@ -185,16 +189,23 @@ func goalChecks(cells []*cell) []check {
 // report prints the table and the checks and writes the JSON file.
 func (b *bench) report(interrupted bool) {
 	cells := summarize(b.runs)
-	checks := goalChecks(cells)
+	var checks []check
+	if slices.ContainsFunc(b.workloads, func(w workload) bool { return !isEnc(w.Name) }) {
+		checks = goalChecks(cells)
+	}
+	enc := encSummary(cells, b.workloads)
+	if len(enc) > 0 {
+		checks = append(checks, encChecks(enc)...)
+	}
 	for _, c := range checks {
 		if c.Result == "FAIL" {
 			b.missedGoals++
 		}
 	}
-	printTable(b.stdout, b.env, cells, checks, b.runs, interrupted)
+	printTable(b.stdout, b.env, cells, enc, checks, b.runs, interrupted)
 	res := results{
 		Started: b.started, Interrupted: interrupted, Environment: b.env,
-		Summary: cells, Checks: checks, Runs: b.runs,
+		Summary: cells, Encryption: enc, Checks: checks, Runs: b.runs,
 	}
 	if err := writeJSON(b.opts.jsonFile, res); err != nil {
 		b.logf("bench: write %s: %v", b.opts.jsonFile, err)
@@ -220,7 +231,13 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
-func printTable(w io.Writer, env environment, cells []*cell, checks []check, runs []runResult, interrupted bool) {
+func printTable(w io.Writer, env environment, allCells []*cell, enc []*encRow, checks []check, runs []runResult, interrupted bool) {
+	var cells []*cell // issue 2's matrix; the enc/plain pairs get their own table
+	for _, c := range allCells {
+		if !isEnc(c.Workload) {
+			cells = append(cells, c)
+		}
+	}
 	fmt.Fprintf(w, "\npgcrypt-proxy bench: %d CPU(s) %s, CLK_TCK %d, load %s, machine %.0f%% busy before start\n",
 		env.CPUs, env.CPUModel, env.ClockTicks, env.LoadAvg, env.BackgroundBusy)
 	fmt.Fprintf(w, "  PostgreSQL %s; %s; pgbench -s %d, -T %ds, %d round(s)%s; TLS %s\n",
@@ -231,7 +248,7 @@ func printTable(w io.Writer, env environment, cells []*cell, checks []check, run
 	} else {
 		fmt.Fprintf(w, "  PgBouncer: not available: %s\n", env.PgBouncerError)
 	}
-	fmt.Fprintf(w, "  proxy: %s (%s)", env.ProxyBin, env.ProxyVersion)
+	fmt.Fprintf(w, "  proxy: %s (%s), %s", env.ProxyBin, env.ProxyVersion, env.Policy)
 	if len(env.ProxyArgs) > 0 {
 		fmt.Fprintf(w, " %s", strings.Join(env.ProxyArgs, " "))
 	}
@@ -275,48 +292,54 @@ func printTable(w io.Writer, env environment, cells []*cell, checks []check, run
 		return s
 	}
 
-	const row = "%-22s %7s | %8s %9s %8s | %6s %9s | %7s %9s %7s | %9s %7s %6s | %6s\n"
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-22s %7s | %-28s | %-16s | %-25s | %-24s | %s\n", "", "", "TPS (higher is better)", "proxy TPS vs", "avg latency ms", "proxy CPU µs/txn", "noise")
-	fmt.Fprintf(w, row, "workload", "clients", "direct", "pgbouncer", "proxy", "direct", "pgbouncer", "direct", "pgbouncer", "proxy", "pgbouncer", "proxy", "ratio", "other%")
-	fmt.Fprintln(w, strings.Repeat("-", 22+1+7+3+8+1+9+1+8+3+6+1+9+3+7+1+9+1+7+3+9+1+7+1+6+3+6))
-	for _, c := range cells {
-		d, p, px := c.Targets[targetDirect], c.Targets[targetPgBouncer], c.Targets[targetProxy]
-		var other float64
-		for _, t := range c.Targets {
-			other = max(other, t.OtherBusy)
+	if len(cells) > 0 {
+		const row = "%-22s %7s | %8s %9s %8s | %6s %9s | %7s %9s %7s | %9s %7s %6s | %6s\n"
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "%-22s %7s | %-28s | %-16s | %-25s | %-24s | %s\n", "", "", "TPS (higher is better)", "proxy TPS vs", "avg latency ms", "proxy CPU µs/txn", "noise")
+		fmt.Fprintf(w, row, "workload", "clients", "direct", "pgbouncer", "proxy", "direct", "pgbouncer", "direct", "pgbouncer", "proxy", "pgbouncer", "proxy", "ratio", "other%")
+		fmt.Fprintln(w, strings.Repeat("-", 22+1+7+3+8+1+9+1+8+3+6+1+9+3+7+1+9+1+7+3+9+1+7+1+6+3+6))
+		for _, c := range cells {
+			d, p, px := c.Targets[targetDirect], c.Targets[targetPgBouncer], c.Targets[targetProxy]
+			var other float64
+			for _, t := range c.Targets {
+				other = max(other, t.OtherBusy)
+			}
+			fmt.Fprintf(w, row, c.Workload, fmt.Sprint(c.Clients),
+				mark(d, tps(c.get(targetDirect))), mark(p, tps(c.get(targetPgBouncer))), mark(px, tps(c.get(targetProxy))),
+				x(c.ProxyVsDirect), x(c.ProxyVsPgBouncer),
+				lat(c.get(targetDirect)), lat(c.get(targetPgBouncer)), lat(c.get(targetProxy)),
+				cpu(c.get(targetPgBouncer)), cpu(c.get(targetProxy)), x(c.CPUProxyVsPgB), fmt.Sprintf("%.0f", other))
 		}
-		fmt.Fprintf(w, row, c.Workload, fmt.Sprint(c.Clients),
-			mark(d, tps(c.get(targetDirect))), mark(p, tps(c.get(targetPgBouncer))), mark(px, tps(c.get(targetProxy))),
-			x(c.ProxyVsDirect), x(c.ProxyVsPgBouncer),
-			lat(c.get(targetDirect)), lat(c.get(targetPgBouncer)), lat(c.get(targetProxy)),
-			cpu(c.get(targetPgBouncer)), cpu(c.get(targetProxy)), x(c.CPUProxyVsPgB), fmt.Sprintf("%.0f", other))
-	}
 
-	var noisiest float64
-	for _, c := range cells {
-		for _, t := range c.Targets {
-			noisiest = max(noisiest, t.OtherBusy)
+		var noisiest float64
+		for _, c := range cells {
+			for _, t := range c.Targets {
+				noisiest = max(noisiest, t.OtherBusy)
+			}
 		}
-	}
-	if noisiest > noisyPct {
-		fmt.Fprintf(w, "WARNING: other processes used up to %.0f%% of the machine's CPU during these runs (column other%%):\n"+
-			"         the figures measure contention as much as the proxy; rerun on a quiet machine, with -rounds 3.\n", noisiest)
-	}
+		if noisiest > noisyPct {
+			fmt.Fprintf(w, "WARNING: other processes used up to %.0f%% of the machine's CPU during these runs (column other%%):\n"+
+				"         the figures measure contention as much as the proxy; rerun on a quiet machine, with -rounds 3.\n", noisiest)
+		}
 
-	if env.TLS {
-		fmt.Fprintf(w, "\nTargets (issue 2; defined with TLS off, this run had TLS 1.3 on both legs):\n")
-	} else {
-		fmt.Fprintf(w, "\nTargets (issue 2, TLS off on both legs):\n")
-	}
-	for _, c := range checks {
-		fmt.Fprintf(w, "  %-4s  %s: %s\n", c.Result, c.Name, c.Detail)
-	}
-	for _, c := range cells {
-		if c.Workload == goalWorkload && c.Clients == goalClients && c.PgBouncerVsDir > 0 {
-			fmt.Fprintf(w, "  (reference: issue 2 expects PgBouncer at about 1.0x direct with 30-45 µs/txn here; this run: %.2fx, %s µs/txn)\n",
-				c.PgBouncerVsDir, cpu(c.get(targetPgBouncer)))
+		if env.TLS {
+			fmt.Fprintf(w, "\nTargets (issue 2; defined with TLS off, this run had TLS 1.3 on both legs):\n")
+		} else {
+			fmt.Fprintf(w, "\nTargets (issue 2, TLS off on both legs):\n")
 		}
+		printChecks(w, checks, 2)
+		for _, c := range cells {
+			if c.Workload == goalWorkload && c.Clients == goalClients && c.PgBouncerVsDir > 0 {
+				fmt.Fprintf(w, "  (reference: issue 2 expects PgBouncer at about 1.0x direct with 30-45 µs/txn here; this run: %.2fx, %s µs/txn)\n",
+					c.PgBouncerVsDir, cpu(c.get(targetPgBouncer)))
+			}
+		}
+	}
+	if slices.ContainsFunc(cells, func(c *cell) bool { return c.Targets[targetProxyNoPolicy] != nil }) {
+		printPolicyCost(w, cells)
+	}
+	if len(enc) > 0 {
+		printEncTable(w, env, enc, checks)
 	}
 
 	var failed []runResult
@@ -331,5 +354,100 @@ func printTable(w io.Writer, env environment, cells []*cell, checks []check, run
 			fmt.Fprintf(w, "  round %d %s c=%d %s: %s\n", r.Round, r.Workload, r.Clients, r.Target,
 				strings.ReplaceAll(r.Error, "\n", "\n    "))
 		}
+	}
+}
+
+func printChecks(w io.Writer, checks []check, issue int) {
+	for _, c := range checks {
+		if c.Issue == issue {
+			fmt.Fprintf(w, "  %-4s  %s: %s\n", c.Result, c.Name, c.Detail)
+		}
+	}
+}
+
+// printEncTable prints issue 4's table: each enc workload through the
+// proxy against its plain twin through the proxy, and the twin directly.
+func printEncTable(w io.Writer, env environment, rows []*encRow, checks []check) {
+	num := func(t *targetSummary, f func(*targetSummary) float64, format string) string {
+		if t == nil {
+			return "-"
+		}
+		s := "-"
+		if ok(t) && f(t) > 0 {
+			s = fmt.Sprintf(format, f(t))
+		}
+		if t.Errors > 0 { // some run of the cell failed
+			s += "!"
+		}
+		return s
+	}
+	tps := func(t *targetSummary) float64 { return t.TPS }
+	lat := func(t *targetSummary) float64 { return t.LatencyMS }
+	cpu := func(t *targetSummary) float64 { return t.CPUUsPerTxn }
+	x := func(v float64) string {
+		if v <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v)
+	}
+
+	fmt.Fprintf(w, "\nEncryption (issue 4): enc-* on the encrypted table vs plain-* on its unencrypted twin, both through the proxy;\n"+
+		"plain directly for reference. Proxy CPU is the proxy process's, per transaction.\n\n")
+	const row = "%-23s %7s | %8s %8s %6s | %8s %8s %6s | %8s %8s %6s | %8s %6s | %6s\n"
+	fmt.Fprintf(w, "%-23s %7s | %-24s | %-24s | %-24s | %-15s | %s\n", "", "", "TPS through proxy", "avg latency ms, proxy", "proxy CPU µs/txn", "plain direct", "noise")
+	fmt.Fprintf(w, row, "workload", "clients", "enc", "plain", "ratio", "enc", "plain", "ratio", "enc", "plain", "ratio", "TPS", "ms", "other%")
+	fmt.Fprintln(w, strings.Repeat("-", 23+1+7+3+24+3+24+3+24+3+15+3+6))
+	for _, r := range rows {
+		fmt.Fprintf(w, row, r.Workload, fmt.Sprint(r.Clients),
+			num(r.Enc, tps, "%.0f"), num(r.Plain, tps, "%.0f"), x(r.TPSRatio),
+			num(r.Enc, lat, "%.3f"), num(r.Plain, lat, "%.3f"), x(r.LatencyRatio),
+			num(r.Enc, cpu, "%.1f"), num(r.Plain, cpu, "%.1f"), x(r.CPURatio),
+			num(r.PlainDirect, tps, "%.0f"), num(r.PlainDirect, lat, "%.3f"), fmt.Sprintf("%.0f", r.OtherBusy))
+	}
+	var noisiest float64
+	for _, r := range rows {
+		noisiest = max(noisiest, r.OtherBusy)
+	}
+	if noisiest > noisyPct {
+		fmt.Fprintf(w, "WARNING: other processes used up to %.0f%% of the machine's CPU during these runs (column other%%).\n", noisiest)
+	}
+	fmt.Fprintf(w, "\nTargets (issue 4, through the proxy%s):\n", map[bool]string{true: "; TLS 1.3 on both legs", false: ", TLS off"}[env.TLS])
+	printChecks(w, checks, 4)
+}
+
+// printPolicyCost prints, with -nopolicy-proxy, the proxy with the policy
+// against a second proxy without one on the issue-2 workloads: whatever
+// the policy costs statements that touch no policy table.
+func printPolicyCost(w io.Writer, cells []*cell) {
+	f := func(t *targetSummary, v func(*targetSummary) float64, format string) string {
+		s := "-"
+		if ok(t) && v(t) > 0 {
+			s = fmt.Sprintf(format, v(t))
+		}
+		if t != nil && t.Errors > 0 {
+			s += "!"
+		}
+		return s
+	}
+	x := func(v float64) string {
+		if v <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v)
+	}
+	tps := func(t *targetSummary) float64 { return t.TPS }
+	lat := func(t *targetSummary) float64 { return t.LatencyMS }
+	cpu := func(t *targetSummary) float64 { return t.CPUUsPerTxn }
+	fmt.Fprintf(w, "\nPolicy cost on pass-through: proxy (with the bench's policy) vs %s (a second proxy without one), interleaved\n\n", targetProxyNoPolicy)
+	const row = "%-22s %7s | %8s %8s %6s | %8s %8s | %8s %8s %6s\n"
+	fmt.Fprintf(w, "%-22s %7s | %-24s | %-17s | %s\n", "", "", "TPS", "avg latency ms", "proxy CPU µs/txn")
+	fmt.Fprintf(w, row, "workload", "clients", "policy", "none", "ratio", "policy", "none", "policy", "none", "ratio")
+	fmt.Fprintln(w, strings.Repeat("-", 22+1+7+3+24+3+17+3+24))
+	for _, c := range cells {
+		p, n := c.Targets[targetProxy], c.Targets[targetProxyNoPolicy]
+		fmt.Fprintf(w, row, c.Workload, fmt.Sprint(c.Clients),
+			f(p, tps, "%.0f"), f(n, tps, "%.0f"), x(c.PolicyVsNoPolicyTPS),
+			f(p, lat, "%.3f"), f(n, lat, "%.3f"),
+			f(p, cpu, "%.1f"), f(n, cpu, "%.1f"), x(c.PolicyVsNoPolicyCPU))
 	}
 }

@@ -22,9 +22,13 @@ const (
 	targetDirect    = "direct"
 	targetPgBouncer = "pgbouncer"
 	targetProxy     = "proxy"
+	// targetProxyNoPolicy is a second proxy without a policy, with
+	// -nopolicy-proxy only: the baseline of the policy's cost on
+	// pass-through statements (issue-2 workloads).
+	targetProxyNoPolicy = "proxy-nopolicy"
 )
 
-var targetOrder = []string{targetDirect, targetPgBouncer, targetProxy}
+var targetOrder = []string{targetDirect, targetPgBouncer, targetProxy, targetProxyNoPolicy}
 
 // target is somewhere pgbench connects: PostgreSQL itself, or a pooler or
 // proxy in front of it whose CPU time is measured.
@@ -286,9 +290,10 @@ func startPgBouncer(ctx context.Context, bin string, upstream endpoint, poolSize
 
 // proxyYAML is the proxy's configuration for the bench: the given TLS
 // settings (flow-style YAML maps), log level warn, admin listener on a free
-// port (so two benches, or a bench and a demo, never collide). -proxy-args
-// flags override it.
-func proxyYAML(listen, upstream, upstreamTLS, clientTLS, admin string) string {
+// port (so two benches, or a bench and a demo, never collide), and the
+// encryption settings (YAML lines, may be empty). -proxy-args flags
+// override it.
+func proxyYAML(listen, upstream, upstreamTLS, clientTLS, admin, encryption string) string {
 	return fmt.Sprintf(`# written by internal/cmd/bench; removed when the bench ends
 listen: %s
 upstream:
@@ -298,12 +303,13 @@ client_tls: %s
 admin: {listen: %s}
 log: {level: warn, format: json}
 shutdown_grace: 5s
-`, listen, upstream, upstreamTLS, clientTLS, admin)
+%s`, listen, upstream, upstreamTLS, clientTLS, admin, encryption)
 }
 
 // startProxy starts the proxy binary in front of upstream and waits until
-// it serves.
-func startProxy(ctx context.Context, bin string, upstream endpoint, extraArgs []string, tf *tlsFiles, logDir string) (*target, func() error, error) {
+// it serves, as the target name (its log is logDir/name.log). enc
+// configures encryption (keystore, KMS, policy); nil: none.
+func startProxy(ctx context.Context, name, bin string, upstream endpoint, extraArgs []string, tf *tlsFiles, enc *encConfig, logDir string) (*target, func() error, error) {
 	dir, err := makeTempDir("", "proxy")
 	if err != nil {
 		return nil, nil, err
@@ -327,7 +333,7 @@ func startProxy(ctx context.Context, bin string, upstream endpoint, extraArgs []
 		upTLS = fmt.Sprintf("{mode: verify-full, ca_file: %q, server_name: %q}", ca, tf.serverName)
 		clientTLS = fmt.Sprintf("{mode: require, cert_file: %q, key_file: %q}", cert, key)
 	}
-	if err := os.WriteFile(cfg, []byte(proxyYAML(listen, up, upTLS, clientTLS, admin)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(proxyYAML(listen, up, upTLS, clientTLS, admin, enc.yaml())), 0o600); err != nil {
 		return nil, nil, errors.Join(err, cleanupDir())
 	}
 	args := append([]string{"serve", "--config", cfg}, extraArgs...)
@@ -343,16 +349,16 @@ func startProxy(ctx context.Context, bin string, upstream endpoint, extraArgs []
 	}
 	cmd.Env = env
 	// SIGTERM: graceful shutdown (shutdown_grace 5s above).
-	d, err := startDaemon("proxy", cmd, filepath.Join(logDir, "proxy.log"), syscall.SIGTERM)
+	d, err := startDaemon(name, cmd, filepath.Join(logDir, name+".log"), syscall.SIGTERM)
 	if err != nil {
 		return nil, nil, errors.Join(err, cleanupDir())
 	}
 	stop := func() error { return errors.Join(d.stop(15*time.Second), cleanupDir()) }
 	ep := endpoint{host: "127.0.0.1", port: port, user: upstream.user, db: upstream.db, tls: tf != nil}
 	if err := waitServing(ctx, ep, d, 20*time.Second); err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("proxy: %w", err), stop())
+		return nil, nil, errors.Join(fmt.Errorf("%s: %w", name, err), stop())
 	}
-	return &target{name: targetProxy, ep: ep, d: d}, stop, nil
+	return &target{name: name, ep: ep, d: d}, stop, nil
 }
 
 // cleanEnv is our environment without libpq variables.

@@ -1,5 +1,7 @@
 package main
 
+import "slices"
+
 // workload is one pgbench configuration of the matrix. Every workload runs
 // at every client count of -clients against every target.
 //
@@ -26,6 +28,20 @@ type workload struct {
 	// target starts from the same state (pgbench's own vacuum step would
 	// otherwise go through the target and count towards its CPU).
 	Before []string
+	// Targets restricts the workload to these targets (nil: every
+	// target). The enc-* workloads run only through the proxy: their
+	// table holds ciphertext that only the proxy can read and write.
+	Targets []string
+	// Twin, on an enc-* workload of issue 4, names the plain-* workload
+	// that runs the same statements on the unencrypted twin table. The two
+	// are selected together (-only matching either selects both), run
+	// interleaved cell by cell, and are compared in the encryption table.
+	Twin string
+}
+
+// runsOn reports whether w runs against the target named name.
+func (w workload) runsOn(name string) bool {
+	return w.Targets == nil || slices.Contains(w.Targets, name)
 }
 
 // script is a custom pgbench script (pgbench -f).
@@ -53,6 +69,12 @@ func workloads() []workload {
 		{Name: "tpcb-like/prepared", Args: []string{"-M", "prepared"}, Before: tpcbBefore},
 		{Name: "tpcb-like/simple", Args: []string{"-M", "simple"}, Before: tpcbBefore},
 	}
+}
+
+// allWorkloads is the issue-2 matrix followed by the encryption workloads
+// of issue 4 (see encrypt.go).
+func allWorkloads() []workload {
+	return append(workloads(), encWorkloads()...)
 }
 
 // The target of issue 2 is measured on this workload and client count.
