@@ -36,7 +36,7 @@ func TestEncryptStatementForms(t *testing.T) {
 			u := e.users
 			// Multi-row VALUES with DEFAULT and NULL, columns out of order.
 			exec(`INSERT INTO `+u+` (email, id, ssn, age) VALUES ($1, 1, $2, DEFAULT), ('b@x', 2, NULL, $3), ($4, 3, 'ssn-3', 33)`, "a@x", "ssn-1", int32(22), "c@x")
-			if got := one(`SELECT ssn FROM `+u+` WHERE email = 'a@x'`); got != "ssn-1" {
+			if got := one(`SELECT ssn FROM ` + u + ` WHERE email = 'a@x'`); got != "ssn-1" {
 				t.Fatalf("multi-row: %q", got)
 			}
 			// Multi-column SET, table alias, schema-qualified name.
@@ -57,21 +57,21 @@ func TestEncryptStatementForms(t *testing.T) {
 				t.Fatalf("IS NULL: %d %v", n, err)
 			}
 			// GROUP BY and DISTINCT on the deterministic column.
-			exec(`INSERT INTO `+u+` (id, email) VALUES (5, 'a@x')`)
+			exec(`INSERT INTO ` + u + ` (id, email) VALUES (5, 'a@x')`)
 			if err := conn.QueryRow(ctx, `SELECT count(*) FROM (SELECT email FROM `+u+` GROUP BY email) g`).Scan(&n); err != nil || n != 4 {
 				t.Fatalf("GROUP BY: %d %v", n, err)
 			}
 			// INSERT … SELECT within the same column, and ON CONFLICT.
-			exec(`INSERT INTO `+u+` (id, ssn) SELECT id + 100, ssn FROM `+u+` WHERE id = 1`)
-			if got := one(`SELECT ssn FROM `+u+` WHERE id = 101`); got != "ssn-1" {
+			exec(`INSERT INTO ` + u + ` (id, ssn) SELECT id + 100, ssn FROM ` + u + ` WHERE id = 1`)
+			if got := one(`SELECT ssn FROM ` + u + ` WHERE id = 101`); got != "ssn-1" {
 				t.Fatalf("INSERT SELECT same column: %q", got)
 			}
 			exec(`INSERT INTO `+u+` (id, ssn) VALUES (101, $1) ON CONFLICT (id) DO UPDATE SET ssn = $1`, "ssn-101")
-			if got := one(`SELECT ssn FROM `+u+` WHERE id = 101`); got != "ssn-101" {
+			if got := one(`SELECT ssn FROM ` + u + ` WHERE id = 101`); got != "ssn-101" {
 				t.Fatalf("ON CONFLICT SET $1: %q", got)
 			}
 			// A join reading policy columns of one side.
-			if got := one(`SELECT a.ssn FROM `+u+` a JOIN `+u+` b ON a.id = b.id - 100 WHERE b.id = 101`); got != "ssn-1" {
+			if got := one(`SELECT a.ssn FROM ` + u + ` a JOIN ` + u + ` b ON a.id = b.id - 100 WHERE b.id = 101`); got != "ssn-1" {
 				t.Fatalf("join: %q", got)
 			}
 			// DELETE by the deterministic column.

@@ -129,6 +129,16 @@ type Column struct {
 	// new write is encrypted.
 	Migrating bool
 	line      int
+	aad       []byte
+}
+
+// AAD is Identity as bytes, computed once: the associated data of every
+// ciphertext of the column. Callers must not modify it.
+func (c *Column) AAD() []byte {
+	if c.aad == nil {
+		return []byte(c.Identity())
+	}
+	return c.aad
 }
 
 // Identity is the column's identity bound into every ciphertext as
@@ -392,6 +402,7 @@ func Parse(data []byte, name string) (*Policy, error) {
 			default:
 				bad(cv.Line, "%s: unknown mode %q (randomized or deterministic)", where, fc.Mode)
 			}
+			col.aad = []byte(col.Identity())
 			t.Columns[cname] = col
 		}
 		p.tables[tn] = t

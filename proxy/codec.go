@@ -226,6 +226,15 @@ func validBinary(t policy.Type, b []byte) error {
 func decodeByteaText(dst, src []byte) ([]byte, error) {
 	if len(src) >= 2 && src[0] == '\\' && src[1] == 'x' {
 		h := src[2:]
+		// Fast path: PostgreSQL's own output, an even run of hex digits.
+		if len(h)%2 == 0 {
+			n := len(dst)
+			dst = append(dst, make([]byte, len(h)/2)...)
+			if _, err := hex.Decode(dst[n:], h); err == nil {
+				return dst, nil
+			}
+			dst = dst[:n]
+		}
 		out := dst
 		for i := 0; i < len(h); {
 			if h[i] == ' ' || h[i] == '\n' || h[i] == '\t' || h[i] == '\r' {
@@ -235,11 +244,10 @@ func decodeByteaText(dst, src []byte) ([]byte, error) {
 			if i+1 >= len(h) {
 				return nil, &valueError{code: "22023", msg: "invalid hexadecimal data: odd number of digits"}
 			}
-			b, err := hex.DecodeString(string(h[i : i+2]))
-			if err != nil {
+			if !isHexDigit(h[i]) || !isHexDigit(h[i+1]) {
 				return nil, &valueError{code: "22023", msg: "invalid hexadecimal digit"}
 			}
-			out = append(out, b[0])
+			out = append(out, byte(hexDigit(h[i])<<4|hexDigit(h[i+1])))
 			i += 2
 		}
 		return out, nil
@@ -262,6 +270,20 @@ func decodeByteaText(dst, src []byte) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+func isHexDigit(b byte) bool {
+	return b >= '0' && b <= '9' || b >= 'a' && b <= 'f' || b >= 'A' && b <= 'F'
+}
+
+func hexDigit(b byte) int {
+	switch {
+	case b >= '0' && b <= '9':
+		return int(b - '0')
+	case b >= 'a' && b <= 'f':
+		return int(b-'a') + 10
+	}
+	return int(b-'A') + 10
 }
 
 func isOctal(b byte) bool { return b >= '0' && b <= '7' }

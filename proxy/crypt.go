@@ -79,7 +79,7 @@ func (s *session) encryptValue(ctx context.Context, dst []byte, c *codec, col *p
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot encrypt column %s: its data key is unavailable", col), cause: err}
 	}
-	out, err := key.Encrypt(dst, cryptoMode(col.Mode), canon, []byte(col.Identity()), s.srv.cfg.Rand)
+	out, err := key.Encrypt(dst, cryptoMode(col.Mode), canon, col.AAD(), s.srv.cfg.Rand)
 	if err != nil {
 		return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot encrypt column %s", col), cause: err}
 	}
@@ -123,7 +123,7 @@ func (s *session) candidates(ctx context.Context, dst []byte, c *codec, col *pol
 	dst = binary.BigEndian.AppendUint32(dst, byteaOID)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
 	dst = binary.BigEndian.AppendUint32(dst, 1)
-	aad := []byte(col.Identity())
+	aad := col.AAD()
 	for _, k := range live {
 		lenAt := len(dst)
 		dst = append(dst, 0, 0, 0, 0)
@@ -169,7 +169,7 @@ func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *p
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot decrypt column %s: data key %d is unavailable", col, h.KeyID), cause: err}
 	}
-	plain, err := key.Decrypt(s.plainDec[:0], env, []byte(col.Identity()))
+	plain, err := key.Decrypt(s.plainDec[:0], env, col.AAD())
 	if err != nil {
 		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s", col), cause: err}
 	}

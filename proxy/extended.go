@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -27,9 +28,10 @@ type stmtInfo struct {
 	// statement has been sent, so its RowDescription reaches the server
 	// pump before any Execute of a portal made from it.
 	describing bool
-	// fields is the statement's RowDescription, set by the server pump.
-	fields    []pgproto3.FieldDescription
-	rowsKnown bool
+	// desc is the statement's RowDescription fields, set by the server
+	// pump when a Describe of the statement is answered; the client pump
+	// reads it at Bind to ask the server for policy columns in binary.
+	desc atomic.Pointer[[]pgproto3.FieldDescription]
 }
 
 func (st *stmtInfo) touches() bool { return st != nil && st.res != nil && st.res.Touches }
@@ -37,7 +39,10 @@ func (st *stmtInfo) touches() bool { return st != nil && st.res != nil && st.res
 // portalInfo is a bound portal.
 type portalInfo struct {
 	stmt          *stmtInfo
-	resultFormats []int16
+	resultFormats []int16 // as the client asked in Bind
+	// serverFormats are the result formats the proxy asked the server for
+	// (policy columns binary), when it rewrote them; nil otherwise.
+	serverFormats []int16
 	describing    bool     // client pump: a Describe of the portal was sent
 	plan          *rowPlan // server pump: how to decrypt its rows
 }
@@ -412,6 +417,12 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	s.es.stmts[p.Name] = st
 	s.q.push(expect{kind: 'P', stmt: st})
 	s.toServer, _ = (&pgproto3.Parse{Name: p.Name, Query: sql, ParameterOIDs: oids}).Encode(s.toServer)
+	// Learn the result columns now (the reply is the proxy's), so every
+	// later Bind can ask for policy columns in binary and no Execute needs
+	// a Describe of its own.
+	st.describing = true
+	s.toServer, _ = (&pgproto3.Describe{ObjectType: 'S', Name: p.Name}).Encode(s.toServer)
+	s.q.push(expect{kind: 'D', swallow: true, stmt: st})
 	return nil
 }
 
@@ -448,6 +459,12 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("malformed Bind message: %w", err)
 	}
 	pi := &portalInfo{stmt: st, resultFormats: b.ResultFormatCodes}
+	if desc := st.desc.Load(); desc != nil {
+		if sf := s.binaryPolicyFormats(*desc, b.ResultFormatCodes); sf != nil {
+			pi.serverFormats = sf
+			b.ResultFormatCodes = sf
+		}
+	}
 	params := st.res.Params
 	if len(b.Parameters) < len(params) {
 		// The server refuses the count mismatch; let it.
@@ -463,7 +480,15 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 	if !encrypting {
 		s.es.portals[portal] = pi
 		s.q.push(expect{kind: 'B', portal: pi})
-		s.toServer = append(s.toServer, msg...)
+		if pi.serverFormats == nil {
+			s.toServer = append(s.toServer, msg...)
+			return nil
+		}
+		out, err := b.Encode(s.toServer)
+		if err != nil {
+			return fmt.Errorf("encode Bind: %w", err)
+		}
+		s.toServer = out
 		return nil
 	}
 	formats := make([]int16, len(b.Parameters))
@@ -512,6 +537,28 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 	}
 	s.toServer = out
 	return nil
+}
+
+// binaryPolicyFormats returns per-column result formats asking for every
+// policy column in binary (so the proxy decrypts raw bytes rather than
+// bytea hex) and every other column as the client asked; nil when the
+// result has no policy column.
+func (s *session) binaryPolicyFormats(fields []pgproto3.FieldDescription, client []int16) []int16 {
+	cat := s.cat.Load()
+	var out []int16
+	for i, f := range fields {
+		if cat.lookup(f.TableOID, f.TableAttributeNumber) == nil {
+			continue
+		}
+		if out == nil {
+			out = make([]int16, len(fields))
+			for j := range out {
+				out[j] = resultFormat(client, j)
+			}
+		}
+		out[i] = binaryFormat
+	}
+	return out
 }
 
 func annotateParam(err error, i int, col *policy.Column) error {

@@ -28,9 +28,10 @@ type planCol struct {
 	clientFormat int16 // how the client asked for the value
 }
 
-// planFor builds the decryption plan of a result. formats are the client's
-// result format codes from Bind (nil: the formats in fields).
-func (s *session) planFor(fields []pgproto3.FieldDescription, formats []int16, fromBind bool) *rowPlan {
+// planFor builds the decryption plan of a result. For a portal, pi gives
+// the formats the client asked for and those the server was asked for;
+// for a simple query (pi nil) both are the formats in fields.
+func (s *session) planFor(fields []pgproto3.FieldDescription, pi *portalInfo, fromBind bool) *rowPlan {
 	cat := s.cat.Load()
 	var plan *rowPlan
 	for i, f := range fields {
@@ -38,14 +39,20 @@ func (s *session) planFor(fields []pgproto3.FieldDescription, formats []int16, f
 		if col == nil {
 			continue
 		}
-		format := f.Format
-		if fromBind {
-			format = resultFormat(formats, i)
+		server, client := f.Format, f.Format
+		if pi != nil {
+			client = resultFormat(pi.resultFormats, i)
+			if fromBind {
+				server = client
+			}
+			if pi.serverFormats != nil {
+				server = pi.serverFormats[i]
+			}
 		}
 		if plan == nil {
 			plan = &rowPlan{}
 		}
-		plan.cols = append(plan.cols, planCol{idx: i, col: col, serverFormat: format, clientFormat: format})
+		plan.cols = append(plan.cols, planCol{idx: i, col: col, serverFormat: server, clientFormat: client})
 	}
 	return plan
 }
@@ -110,8 +117,10 @@ func typlen(t policy.Type) int16 {
 	return -1
 }
 
-// rewriteRowDesc presents policy columns in their declared types.
-func (s *session) rewriteRowDesc(rd *pgproto3.RowDescription) {
+// rewriteRowDesc presents policy columns in their declared types, and in
+// the format the client asked for when the proxy asked the server for
+// another (pi non-nil with serverFormats).
+func (s *session) rewriteRowDesc(rd *pgproto3.RowDescription, pi *portalInfo) {
 	cat := s.cat.Load()
 	for i := range rd.Fields {
 		f := &rd.Fields[i]
@@ -119,6 +128,9 @@ func (s *session) rewriteRowDesc(rd *pgproto3.RowDescription) {
 			f.DataTypeOID = col.Type.OID
 			f.DataTypeSize = typlen(col.Type)
 			f.TypeModifier = -1
+			if pi != nil && pi.serverFormats != nil {
+				f.Format = resultFormat(pi.resultFormats, i)
+			}
 		}
 	}
 }
@@ -190,7 +202,7 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 					return err
 				}
 				s.qplan = s.planFor(rd.Fields, nil, false)
-				s.rewriteRowDesc(&rd)
+				s.rewriteRowDesc(&rd, nil)
 				s.toClient, _ = rd.Encode(s.toClient)
 				return nil
 			}
@@ -310,8 +322,8 @@ func (s *session) noteParameterStatus(msg []byte) {
 // portalPlan is the plan for an Execute's rows: from the portal's own
 // RowDescription, else from its statement's with the Bind formats.
 func (s *session) portalPlan(pi *portalInfo) *rowPlan {
-	if pi.plan == nil && pi.stmt != nil && pi.stmt.rowsKnown {
-		pi.plan = s.planFor(pi.stmt.fields, pi.resultFormats, true)
+	if pi.plan == nil && pi.stmt != nil && pi.stmt.desc.Load() != nil {
+		pi.plan = s.planFor(*pi.stmt.desc.Load(), pi, true)
 		if pi.plan == nil {
 			pi.plan = &rowPlan{}
 		}
@@ -333,11 +345,10 @@ func (s *session) onRowDescription(msg []byte, e *expect) error {
 		for i := range fields {
 			fields[i].Name = append([]byte(nil), fields[i].Name...)
 		}
-		e.stmt.fields = fields
-		e.stmt.rowsKnown = true
+		e.stmt.desc.Store(&fields)
 	}
 	if e.portal != nil {
-		e.portal.plan = s.planFor(rd.Fields, nil, false)
+		e.portal.plan = s.planFor(rd.Fields, e.portal, false)
 		if e.portal.plan == nil {
 			e.portal.plan = &rowPlan{}
 		}
@@ -345,7 +356,7 @@ func (s *session) onRowDescription(msg []byte, e *expect) error {
 	if e.swallow {
 		return nil
 	}
-	s.rewriteRowDesc(&rd)
+	s.rewriteRowDesc(&rd, e.portal)
 	out, err := rd.Encode(s.toClient)
 	if err != nil {
 		return err
