@@ -33,7 +33,10 @@ const usage = `pgcrypt-proxy: transparent column encryption for PostgreSQL
 Usage:
   pgcrypt-proxy serve   [--config FILE] [--SETTING VALUE ...]   run the proxy
   pgcrypt-proxy policy check [--config FILE] [--dsn DSN]              validate the policy against the live schema
+  pgcrypt-proxy rotate  [--json] [--wait] [--config FILE]        run one KEK rotation pass (rewrap, retire) and exit
   pgcrypt-proxy keys list [--json] [--config FILE]               show data keys, their KEK versions and states
+  pgcrypt-proxy keys rotate-dek KEY [--wait 5m]                  make a new data-key version active (two-phase)
+  pgcrypt-proxy keys destroy-dek KEY VERSION [--force]           crypto-shred a data-key version
   pgcrypt-proxy kms local init|rotate|list|enable|disable|destroy --keyring FILE
                                                                  manage the local keyring ("kms --help")
   pgcrypt-proxy version                                          print the version
@@ -56,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serve(args[1:], stderr)
+	case "rotate":
+		return rotateCmd(args[1:], stdout, stderr)
 	case "keys":
 		return keysCmd(args[1:], stdout, stderr)
 	case "kms":
@@ -158,6 +163,8 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer enc.close()
+	_, stopRotation := startRotation(ctx, cfg, enc, log, nil) // KEK rotation worker; before enc.close
+	defer stopRotation()
 	pcfg.Policy, pcfg.Keys = enc.policy, enc.keys
 	srv, err := proxy.New(pcfg)
 	if err != nil {
