@@ -35,6 +35,10 @@ func keysCmd(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "list":
 		return keysList(args[1:], stdout, stderr)
+	case "rotate-dek":
+		return keysRotateDEK(args[1:], stdout, stderr)
+	case "destroy-dek":
+		return keysDestroyDEK(args[1:], stdout, stderr)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, keysUsage)
 		return 0

@@ -37,6 +37,8 @@ Usage:
   pgcrypt-proxy keys list [--json] [--config FILE]               show data keys, their KEK versions and states
   pgcrypt-proxy keys rotate-dek KEY [--wait 5m]                  make a new data-key version active (two-phase)
   pgcrypt-proxy keys destroy-dek KEY VERSION [--force]           crypto-shred a data-key version
+  pgcrypt-proxy encrypt-existing --table T [--dry-run] [--rate R]
+                                                                 encrypt a table's legacy plaintext in place, resumably
   pgcrypt-proxy kms local init|rotate|list|enable|disable|destroy --keyring FILE
                                                                  manage the local keyring ("kms --help")
   pgcrypt-proxy version                                          print the version
@@ -65,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return keysCmd(args[1:], stdout, stderr)
 	case "kms":
 		return kmsCmd(args[1:], stdout, stderr)
+	case "encrypt-existing":
+		return encryptExisting(args[1:], stdout, stderr)
 	case "policy":
 		return policyCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":

@@ -102,8 +102,8 @@ func encWorkloads() []workload {
 		},
 		{
 			name:     "scan-10k",
-			prepared: "SELECT a, b, c FROM %s WHERE id <= " + strconv.Itoa(scanRows) + ";\n",
-			simple:   "SELECT a, b, c FROM %s WHERE id <= " + strconv.Itoa(scanRows) + ";\n",
+			prepared: "SELECT a FROM %s WHERE id <= " + strconv.Itoa(scanRows) + ";\n",
+			simple:   "SELECT a FROM %s WHERE id <= " + strconv.Itoa(scanRows) + ";\n",
 		},
 	}
 	var ws []workload
