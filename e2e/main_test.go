@@ -150,6 +150,12 @@ type proxyConfig struct {
 		DSN    string `yaml:"dsn,omitempty"`
 		Schema string `yaml:"schema,omitempty"`
 	} `yaml:"keystore"`
+	Admin struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"admin"`
+	Audit struct {
+		File string `yaml:"file,omitempty"`
+	} `yaml:"audit"`
 	KMS        map[string]map[string]any `yaml:"kms,omitempty"`
 	PolicyFile string                    `yaml:"policy_file,omitempty"`
 
@@ -248,6 +254,13 @@ func launchProxy(t testing.TB, dir string, cfg proxyConfig) (*proxyProc, error) 
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	}
+	if cfg.Admin.Listen == "" {
+		aport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Admin.Listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(aport))
 	}
 	data, err := yaml.Marshal(&cfg)
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
 )
@@ -507,6 +509,14 @@ func (s *session) onCopyIn(ctx context.Context, typ byte, msg []byte) {
 		}
 		s.toServer = appendCopyData(s.toServer, cs.out)
 		s.toServer = append(s.toServer, msg...)
+		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
+		var cols []*policy.Column
+		for _, c := range cs.cols {
+			if c != nil {
+				cols = append(cols, c)
+			}
+		}
+		s.auditWrite("copy", cols, int64(cs.row))
 	case 'f':
 		s.copyIn = nil
 		if !cs.failed {
@@ -530,6 +540,13 @@ func (s *session) failCopy(cs *copyStream, err error) {
 		s.log.Error().Err(cr.cause).Msg(cr.msg)
 	}
 	s.log.Warn().Str("copy_error", msg).Msg("COPY refused")
+	s.srv.cfg.Metrics.Statement(metrics.Refused)
+	s.srv.cfg.Metrics.Refusal("57014", metrics.RefusalCopy)
+	if a := s.srv.cfg.Audit; a.Enabled() {
+		e := s.auditEvent(audit.KindRefused)
+		e.Statement, e.SQLSTATE, e.Reason = "copy", "57014", metrics.RefusalCopy.String()
+		a.Record(e)
+	}
 	s.toServer, _ = (&pgproto3.CopyFail{Message: msg}).Encode(s.toServer)
 }
 

@@ -79,6 +79,7 @@ func (s *session) encryptValue(ctx context.Context, dst []byte, c *codec, col *p
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot encrypt column %s: its data key is unavailable", col), cause: err}
 	}
+	s.noteKeyID(key.ID())
 	out, err := key.Encrypt(dst, cryptoMode(col.Mode), canon, col.AAD(), s.srv.cfg.Rand)
 	if err != nil {
 		return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot encrypt column %s", col), cause: err}
@@ -169,6 +170,7 @@ func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *p
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot decrypt column %s: data key %d is unavailable", col, h.KeyID), cause: err}
 	}
+	s.noteReadKey(h.KeyID)
 	plain, err := key.Decrypt(s.plainDec[:0], env, col.AAD())
 	if err != nil {
 		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s", col), cause: err}

@@ -6,12 +6,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
 )
@@ -276,7 +280,7 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 	if rewrite.IsCopy(q.String) {
 		c, ref := s.pol.analyzer.AnalyzeCopy(q.String, s.searchPath())
 		if ref != nil {
-			s.refuse(ref.Code, ref.Message, ref.Hint, ref.Column, 'Q')
+			s.refuse(ref.Code, ref.Message, ref.Hint, ref.Column, 'Q', metrics.RefusalStatement)
 			return nil
 		}
 		if c != nil {
@@ -298,8 +302,13 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 	}
 	res := s.analyze(q.String)
 	if res.Refusal != nil {
-		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'Q')
+		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'Q', metrics.RefusalStatement)
 		return nil
+	}
+	if !res.Touches {
+		s.srv.cfg.Metrics.Statement(metrics.Passthrough)
+	} else {
+		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
 	}
 	if !res.Touches || len(res.Literals) == 0 && res.SQL == q.String {
 		s.q.push(expect{kind: 'Q'})
@@ -311,6 +320,7 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 		s.refuseErr(err, 'Q')
 		return nil
 	}
+	s.auditWrite(res.Kind, literalColumns(res), 0)
 	s.q.push(expect{kind: 'Q'})
 	s.toServer, _ = (&pgproto3.Query{String: sql}).Encode(s.toServer)
 	return nil
@@ -321,6 +331,12 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (string, error) {
 	if len(res.Literals) == 0 {
 		return res.SQL, nil
+	}
+	m := s.srv.cfg.Metrics
+	var start time.Time
+	if m != nil {
+		start = time.Now()
+		defer func() { m.Encrypted(len(res.Literals), time.Since(start)) }()
 	}
 	out := make([]byte, 0, len(res.SQL)+len(res.Literals)*128)
 	prev := 0
@@ -350,6 +366,16 @@ func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (
 	return string(out), nil
 }
 
+func literalColumns(res *rewrite.Result) []*policy.Column {
+	var cols []*policy.Column
+	for _, l := range res.Literals {
+		if l.Use == rewrite.UseStore && !l.Null {
+			cols = append(cols, l.Column)
+		}
+	}
+	return cols
+}
+
 // appendCandidateArrayLiteral turns a binary bytea[] (from candidates) into
 // an ARRAY[…]::bytea[] literal.
 func appendCandidateArrayLiteral(dst, arr []byte) []byte {
@@ -377,7 +403,7 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	res := s.analyze(p.Query)
 	if res.Refusal != nil {
 		delete(s.es.stmts, p.Name)
-		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'P')
+		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'P', metrics.RefusalStatement)
 		return nil
 	}
 	st := &stmtInfo{}
@@ -399,7 +425,7 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		if oids[i] != 0 && oids[i] != prm.Column.Type.OID && oids[i] != byteaOID && oids[i] != byteaArrayOID {
 			delete(s.es.stmts, p.Name)
 			s.refuse("42804", fmt.Sprintf("parameter $%d is declared with type OID %d, but column %s holds %s", i+1, oids[i], prm.Column, prm.Column.Type.Name),
-				"leave the parameter type unspecified or declare it as "+prm.Column.Type.Name, prm.Column, 'P')
+				"leave the parameter type unspecified or declare it as "+prm.Column.Type.Name, prm.Column, 'P', metrics.RefusalParamType)
 			return nil
 		}
 		if prm.Use == rewrite.UseCompare {
@@ -503,6 +529,11 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 			}
 		}
 	}
+	m := s.srv.cfg.Metrics
+	var start time.Time
+	if m != nil {
+		start = time.Now()
+	}
 	buf := s.bindBuf[:0]
 	offs := make([]int, 0, len(params))
 	for i, prm := range params {
@@ -527,6 +558,22 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 	s.bindBuf = buf
 	for k := 0; k < len(offs); k += 3 {
 		b.Parameters[offs[k]] = buf[offs[k+1]:offs[k+2]]
+	}
+	if m != nil {
+		m.Encrypted(len(offs)/3, time.Since(start))
+	}
+	if s.srv.cfg.Audit.Enabled() {
+		var cols []*policy.Column
+		for _, prm := range params {
+			if prm.Column != nil && prm.Use == rewrite.UseStore {
+				cols = append(cols, prm.Column)
+			}
+		}
+		if len(cols) > 0 {
+			s.auditWrite(st.res.Kind, cols, 1)
+		} else {
+			s.auditKeys = nil
+		}
 	}
 	b.ParameterFormatCodes = formats
 	s.es.portals[portal] = pi
@@ -599,6 +646,11 @@ func (s *session) onExecute(msg []byte) error {
 		return errors.New("malformed Execute message")
 	}
 	pi := s.es.portals[names[0]]
+	if pi != nil {
+		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
+	} else {
+		s.srv.cfg.Metrics.Statement(metrics.Passthrough)
+	}
 	if pi != nil && !pi.describing && !pi.stmt.describing {
 		// The proxy must know the result columns to decrypt them: ask,
 		// and keep the answer from the client, which did not ask.
@@ -631,12 +683,23 @@ func (s *session) onClose(msg []byte) error {
 // message, so the session ends up exactly as after a PostgreSQL error: in
 // a transaction block the transaction is aborted, and in an extended
 // batch the server skips to Sync.
-func (s *session) refuse(code, msg, hint string, col *policy.Column, in byte) {
+func (s *session) refuse(code, msg, hint string, col *policy.Column, in byte, reason metrics.RefusalReason) {
 	ev := s.log.Warn().Str("sqlstate", code).Str("refusal", msg)
 	if col != nil {
 		ev = ev.Str("column", col.String())
 	}
 	ev.Msg("statement refused")
+	m := s.srv.cfg.Metrics
+	m.Statement(metrics.Refused)
+	m.Refusal(code, reason)
+	if a := s.srv.cfg.Audit; a.Enabled() {
+		e := s.auditEvent(audit.KindRefused)
+		e.SQLSTATE, e.Reason = code, reason.String()
+		if col != nil {
+			e.Columns = []string{col.Identity()}
+		}
+		a.Record(e)
+	}
 	sql := raiseSQL(code, msg, hint)
 	if in == 'Q' {
 		s.q.push(expect{kind: 'Q', refusal: true})
@@ -657,14 +720,52 @@ func (s *session) refuseErr(err error, in byte) {
 	var ce *cryptoError
 	switch {
 	case errors.As(err, &ve):
-		s.refuse(ve.code, ve.msg, "", nil, in)
+		s.refuse(ve.code, ve.msg, "", nil, in, metrics.RefusalInvalidValue)
 	case errors.As(err, &ce):
 		s.log.Error().Err(ce.cause).Msg(ce.msg)
-		s.refuse(ce.code, ce.msg, ce.hint, nil, in)
+		reason := metrics.RefusalEncryptFailed
+		if ce.code == "58000" {
+			reason = metrics.RefusalKeyUnavailable
+		}
+		s.refuse(ce.code, ce.msg, ce.hint, nil, in, reason)
 	default:
 		s.log.Error().Err(err).Msg("cannot encrypt")
-		s.refuse("XX000", "pgcrypt-proxy could not encrypt a value", "", nil, in)
+		s.refuse("XX000", "pgcrypt-proxy could not encrypt a value", "", nil, in, metrics.RefusalInternal)
 	}
+}
+
+// auditEvent is an audit event about this session.
+func (s *session) auditEvent(kind audit.Kind) audit.Event {
+	return audit.Event{ConnID: s.id, User: s.user, Database: s.database, Client: s.client.RemoteAddr().String(), Kind: kind}
+}
+
+// auditWrite records values encrypted into columns.
+func (s *session) auditWrite(kind string, cols []*policy.Column, rows int64) {
+	a := s.srv.cfg.Audit
+	if !a.Enabled() {
+		return
+	}
+	e := s.auditEvent(audit.KindWrite)
+	e.Statement, e.Rows, e.KeyIDs = kind, rows, s.takeKeyIDs()
+	for _, c := range cols {
+		if !slices.Contains(e.Columns, c.Identity()) {
+			e.Columns = append(e.Columns, c.Identity())
+		}
+	}
+	a.Record(e)
+}
+
+// noteKeyID remembers a data key used for the next audit event.
+func (s *session) noteKeyID(id uint32) {
+	if s.srv.cfg.Audit.Enabled() && !slices.Contains(s.auditKeys, id) {
+		s.auditKeys = append(s.auditKeys, id)
+	}
+}
+
+func (s *session) takeKeyIDs() []uint32 {
+	ids := s.auditKeys
+	s.auditKeys = nil
+	return ids
 }
 
 // raiseSQL is a statement that makes the server raise an error with this

@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 )
 
 var errConnReset = syscall.ECONNRESET
@@ -125,6 +127,9 @@ func (s *session) clientPump() error {
 				return err
 			}
 		} else {
+			if typ == 'Q' || typ == 'E' {
+				s.srv.cfg.Metrics.Statement(metrics.Passthrough)
+			}
 			s.toServer = append(s.toServer, msg...)
 		}
 		if len(s.toServer) >= flushThreshold {
@@ -153,6 +158,9 @@ func (s *session) serverPump() error {
 				return err
 			}
 		} else {
+			if typ == 'E' {
+				s.srv.cfg.Metrics.ServerError(sqlstateOf(msg))
+			}
 			s.toClient = append(s.toClient, msg...)
 		}
 		if typ == 'Z' && len(s.toClient) > before {
@@ -195,6 +203,7 @@ func (s *session) flushServer() error {
 		return nil
 	}
 	_, err := s.server.Write(s.toServer)
+	s.srv.cfg.Metrics.BytesRelayed(len(s.toServer), 0)
 	s.toServer = shrink(s.toServer)
 	return err
 }
@@ -206,8 +215,28 @@ func (s *session) flushClient() error {
 	s.clientWriteMu.Lock()
 	_, err := s.client.Write(s.toClient)
 	s.clientWriteMu.Unlock()
+	s.srv.cfg.Metrics.BytesRelayed(0, len(s.toClient))
 	s.toClient = shrink(s.toClient)
 	return err
+}
+
+// sqlstateOf finds the SQLSTATE field of an ErrorResponse without decoding
+// the rest.
+func sqlstateOf(msg []byte) string {
+	for p := msg[min(5, len(msg)):]; len(p) > 1 && p[0] != 0; {
+		end := 1
+		for end < len(p) && p[end] != 0 {
+			end++
+		}
+		if p[0] == 'C' {
+			return string(p[1:end])
+		}
+		if end >= len(p) {
+			break
+		}
+		p = p[end+1:]
+	}
+	return ""
 }
 
 // shrink empties a write buffer, giving back memory after a large burst.

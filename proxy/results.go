@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 )
 
@@ -223,6 +227,7 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 			return s.decryptRow(ctx, msg, plan, e)
 		}
 	case 'C', 'I', 's':
+		s.auditRead("select")
 		if e != nil {
 			switch e.kind {
 			case 'E':
@@ -247,6 +252,7 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 				return s.forwardRefusal(msg)
 			}
 		}
+		s.srv.cfg.Metrics.ServerError(sqlstateOf(msg))
 	case 'Z':
 		if e != nil && e.kind != 'S' && e.kind != 'Q' && e.kind != 'F' && e.kind != 'a' {
 			// Entries left by a batch the server answered partially (for
@@ -398,6 +404,11 @@ func (s *session) decryptRow(ctx context.Context, msg []byte, plan *rowPlan, e *
 	p := msg[7:]
 	next := 0
 	dec := s.dec
+	m := s.srv.cfg.Metrics
+	var began time.Time
+	if m != nil {
+		began = time.Now()
+	}
 	if tz := s.tzName.Load(); tz != nil && *tz != s.decTZ {
 		s.decTZ = *tz
 		dec.setTimeZone(*tz)
@@ -444,7 +455,38 @@ func (s *session) decryptRow(ctx context.Context, msg []byte, plan *rowPlan, e *
 	}
 	binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
 	s.toClient = out
+	if m != nil {
+		m.Decrypted(len(plan.cols), time.Since(began))
+	}
+	if s.srv.cfg.Audit.Enabled() {
+		s.readRows++
+		s.readPlan = plan
+	}
 	return nil
+}
+
+// noteReadKey remembers a data key used to decrypt, for the audit event of
+// the result set.
+func (s *session) noteReadKey(id uint32) {
+	if s.srv.cfg.Audit.Enabled() && !slices.Contains(s.readKeys, id) {
+		s.readKeys = append(s.readKeys, id)
+	}
+}
+
+// auditRead records the result set just completed, if it decrypted
+// anything.
+func (s *session) auditRead(kind string) {
+	a := s.srv.cfg.Audit
+	if !a.Enabled() || s.readRows == 0 {
+		return
+	}
+	e := s.auditEvent(audit.KindRead)
+	e.Statement, e.Rows, e.KeyIDs = kind, s.readRows, s.readKeys
+	for _, pc := range s.readPlan.cols {
+		e.Columns = append(e.Columns, pc.col.Identity())
+	}
+	a.Record(e)
+	s.readRows, s.readKeys, s.readPlan = 0, nil, nil
 }
 
 // failDecrypt reports a decryption failure to the client and swallows the
@@ -456,6 +498,7 @@ func (s *session) failDecrypt(err error) error {
 		code, msg, hint = ce.code, ce.msg, ce.hint
 	}
 	s.log.Error().Err(err).Msg("decryption failed; the statement was failed for the client")
+	s.srv.cfg.Metrics.Refusal(code, metrics.RefusalDecryptFailed)
 	er := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg, Hint: hint}
 	s.toClient, _ = er.Encode(s.toClient)
 	s.failing = true

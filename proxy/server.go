@@ -14,6 +14,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 )
 
@@ -50,6 +52,10 @@ type Config struct {
 	Keys Keys
 	// Rand is the source of nonces; nil means crypto/rand.
 	Rand io.Reader
+
+	// Metrics and Audit are optional (nil: off).
+	Metrics *metrics.Metrics
+	Audit   *audit.Log
 
 	Logger zerolog.Logger
 }
@@ -145,12 +151,14 @@ func (s *Server) isDraining() bool {
 }
 
 func (s *Server) startSession(ctx context.Context, c net.Conn) {
+	s.cfg.Metrics.ConnAccepted()
 	id := s.nextID.Add(1)
 	sess := newSession(s, id, c)
 	s.mu.Lock()
 	if s.mu.draining {
 		s.mu.Unlock()
 		c.Close()
+		s.cfg.Metrics.ConnClosed()
 		return
 	}
 	over := s.cfg.MaxConnections > 0 && len(s.mu.sessions) >= s.cfg.MaxConnections

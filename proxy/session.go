@@ -9,12 +9,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
+
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 )
 
 // connState is where a session is in its life. Transitions:
@@ -127,6 +130,10 @@ type session struct {
 	qplan          *rowPlan // current simple-query result's plan
 	dec            *codec
 	decTZ          string
+	auditKeys      []uint32 // client pump: data keys used since the last audit event
+	readRows       int64    // server pump: rows decrypted in the current result
+	readKeys       []uint32
+	readPlan       *rowPlan
 	copyIn         *copyStream // client pump: COPY FROM STDIN into a policy table
 	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
@@ -217,10 +224,13 @@ func (s *session) run(ctx context.Context) {
 // errCancelHandled ends a connection that only carried a CancelRequest.
 var errCancelHandled = errors.New("cancel request forwarded")
 
+var errTLSHandshake = errors.New("client TLS handshake failed")
+
 func (s *session) failStartup(err error) {
 	if errors.Is(err, errCancelHandled) {
 		return
 	}
+	s.srv.cfg.Metrics.ConnRefused(refuseReason(err))
 	var ce *clientError
 	if errors.As(err, &ce) {
 		s.sendClientError(ce)
@@ -258,7 +268,9 @@ func (s *session) sendClientError(ce *clientError) {
 // refuseTooMany answers a connection over limits.max_connections the way
 // PostgreSQL does when it is full, after reading its startup packet.
 func (s *session) refuseTooMany() {
+	defer s.srv.cfg.Metrics.ConnClosed()
 	defer s.client.Close()
+	s.srv.cfg.Metrics.ConnRefused(metrics.RefuseTooMany)
 	_ = s.client.SetDeadline(time.Now().Add(5 * time.Second))
 	ce := &clientError{code: "53300", message: "sorry, too many clients already",
 		hint: "pgcrypt-proxy limits.max_connections is reached; retry later or raise it"}
@@ -425,7 +437,7 @@ func (s *session) handshakeClient(ctx context.Context, conn net.Conn, direct boo
 	hctx, cancel := context.WithTimeout(ctx, s.srv.cfg.StartupTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		return fmt.Errorf("client TLS handshake failed (TLS 1.3 is the minimum): %w", err)
+		return fmt.Errorf("%w (TLS 1.3 is the minimum): %w", errTLSHandshake, err)
 	}
 	if direct && tc.ConnectionState().NegotiatedProtocol != "postgresql" {
 		return errors.New("direct TLS connection without ALPN \"postgresql\"")
@@ -483,6 +495,7 @@ func (srv *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(dctx, "tcp", srv.cfg.Upstream)
 	if err != nil {
+		srv.cfg.Metrics.UpstreamDialError(metrics.DialConnect)
 		return nil, &upstreamError{err: fmt.Errorf("dial upstream %s: %w", srv.cfg.Upstream, err)}
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
@@ -506,10 +519,12 @@ func (srv *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 	}
 	if answer[0] != 'S' {
 		conn.Close()
+		srv.cfg.Metrics.UpstreamDialError(metrics.DialTLS)
 		return nil, &upstreamError{tls: true, err: fmt.Errorf("upstream %s does not accept TLS (answered %q to SSLRequest); set ssl=on on the server or upstream.tls.mode: disable", srv.cfg.Upstream, answer[0])}
 	}
 	tc := tls.Client(conn, srv.cfg.UpstreamTLS)
 	if err := tc.HandshakeContext(dctx); err != nil {
+		srv.cfg.Metrics.UpstreamDialError(metrics.DialTLS)
 		conn.Close()
 		return nil, &upstreamError{tls: true, err: fmt.Errorf("upstream %s: TLS handshake: %w", srv.cfg.Upstream, err)}
 	}
@@ -549,6 +564,7 @@ func (srv *Server) forwardCancel(ctx context.Context, cr *pgproto3.CancelRequest
 // close closes both connections once.
 func (s *session) close() {
 	s.closeOnce.Do(func() {
+		s.srv.cfg.Metrics.ConnClosed()
 		s.mu.Lock()
 		s.mu.state = stateClosed
 		s.mu.Unlock()
@@ -590,6 +606,27 @@ func (s *session) terminate(code, msg string) {
 		_, _ = s.server.Write([]byte{'X', 0, 0, 0, 4})
 	}
 	s.close()
+}
+
+// refuseReason classifies why a connection ended before ReadyForQuery.
+func refuseReason(err error) metrics.RefuseReason {
+	var ce *clientError
+	var ue *upstreamError
+	switch {
+	case errors.Is(err, errAuthFailed):
+		return metrics.RefuseAuthFailed
+	case errors.Is(err, errTLSHandshake):
+		return metrics.RefuseTLSHandshake
+	case errors.As(err, &ue):
+		return metrics.RefuseUpstreamUnreachable
+	case errors.As(err, &ce) && ce.code == "28000" && strings.Contains(ce.message, "requires TLS"):
+		return metrics.RefuseTLSRequired
+	case errors.As(err, &ce) && ce.code == "08006":
+		return metrics.RefuseUpstreamUnreachable
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return metrics.RefuseStartupTimeout
+	}
+	return metrics.RefuseBadStartup
 }
 
 // isClosedErr reports errors that mean "the other side went away".

@@ -11,6 +11,7 @@ import (
 	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
 	"github.com/pgcrypt/pgcrypt-proxy/keys"
 	"github.com/pgcrypt/pgcrypt-proxy/kms"
+	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 )
 
@@ -33,7 +34,7 @@ func (e *encryption) close() {
 // openEncryption loads the policy and, when there is one, opens the KMS
 // backends and the keystore. Without policy_file the proxy is a
 // pass-through.
-func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*encryption, error) {
+func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger, m *metrics.Metrics) (*encryption, error) {
 	enc := &encryption{}
 	if cfg.PolicyFile == "" {
 		log.Warn().Msg("no policy_file: the proxy encrypts nothing")
@@ -60,6 +61,7 @@ func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger)
 	if enc.keks, err = openKEKs(ctx, cfg); err != nil {
 		return nil, err
 	}
+	enc.keks = instrumentKEKs(m, enc.keks)
 	if enc.pool, err = pgxpool.New(ctx, cfg.Keystore.DSN.Value()); err != nil {
 		enc.close()
 		return nil, fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)

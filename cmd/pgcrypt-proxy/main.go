@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
+	"github.com/pgcrypt/pgcrypt-proxy/keys"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/proxy"
 )
@@ -161,15 +162,27 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	enc, err := openEncryption(ctx, cfg, log)
+	m := newMetrics()
+	enc, err := openEncryption(ctx, cfg, log, m)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start encryption")
 		return 1
 	}
 	defer enc.close()
-	_, stopRotation := startRotation(ctx, cfg, enc, log, nil) // KEK rotation worker; before enc.close
+	_, stopRotation := startRotation(ctx, cfg, enc, log, func(r *keys.PassResult) {
+		m.RotationPass(r.OK(), r.Started.Add(r.Duration), r.Duration, r.Rewrapped, r.Failed, len(r.AtRisk))
+		if r.DEKsByKEKVersion != nil {
+			m.SetDEKsByKEKVersion(r.DEKsByKEKVersion)
+		}
+	}) // KEK rotation worker; stopped before enc.close
 	defer stopRotation()
+	auditLog, err := openAudit(ctx, cfg.Audit.File, cfg.Audit.Buffer, log, m)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot open the audit log")
+		return 1
+	}
 	pcfg.Policy, pcfg.Keys = enc.policy, enc.keys
+	pcfg.Metrics, pcfg.Audit = m, auditLog
 	srv, err := proxy.New(pcfg)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")
@@ -179,6 +192,19 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		log.Error().Err(err).Msg("cannot listen")
 		return 1
+	}
+	adm, err := startAdmin(ctx, cfg, log, m, readinessChecks(cfg, pcfg.UpstreamTLS, enc.keks, enc.policy))
+	if err != nil {
+		log.Error().Err(err).Msg("cannot start the admin listener")
+		return 1
+	}
+	defer func() {
+		actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer acancel()
+		_ = adm.Shutdown(actx)
+	}()
+	if enc.policy != nil {
+		recordPolicy(m, enc.policy.Current())
 	}
 
 	sigs := make(chan os.Signal, 2)
@@ -196,6 +222,7 @@ func serve(args []string, stderr io.Writer) int {
 			}
 		}()
 		go enc.policy.Watch(ctx, 2*time.Second, trigger, func(p *policy.Policy, err error) {
+			policyReloaded(m, p, err)
 			if err != nil {
 				log.Error().Err(err).Msg("policy reload failed; the previous policy stays in force")
 				return
@@ -217,6 +244,7 @@ func serve(args []string, stderr io.Writer) int {
 		}
 		return 0
 	case sig := <-sigs:
+		adm.SetDraining()
 		log.Info().Str("signal", sig.String()).Dur("grace", cfg.ShutdownGrace.D()).
 			Int("sessions", srv.ActiveSessions()).Msg("shutting down: no new connections; idle sessions close now, busy ones when they finish")
 	}
@@ -232,6 +260,7 @@ func serve(args []string, stderr io.Writer) int {
 		log.Warn().Err(err).Msg("shutdown grace ended; remaining sessions were closed")
 	}
 	<-served
+	auditLog.Close()
 	log.Info().Msg("pgcrypt-proxy stopped")
 	return 0
 }

@@ -35,6 +35,7 @@ type Config struct {
 	Admin          Admin           `yaml:"admin"`
 	Log            Log             `yaml:"log"`
 	Limits         Limits          `yaml:"limits"`
+	Audit          Audit           `yaml:"audit"`
 	ShutdownGrace  Duration        `yaml:"shutdown_grace"`
 	sourceFile     string
 	sourceFileRead bool
@@ -99,6 +100,17 @@ type Admin struct {
 type Log struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
+}
+
+// Audit is the optional audit log: who read or wrote which policy
+// columns, never values.
+type Audit struct {
+	// File is a path (appended, 0600, reopened on SIGHUP), "-" for stderr,
+	// or "" for no audit log.
+	File string `yaml:"file"`
+	// Buffer is how many events may wait to be written; past it events
+	// are dropped (and counted), never blocking the proxy.
+	Buffer int `yaml:"buffer"`
 }
 
 // Limits bound what one client can hold.
@@ -513,6 +525,9 @@ func (c *Config) validate(file string, lines map[string]int) []error {
 	case "json", "console":
 	default:
 		bad("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	if c.Audit.Buffer < 0 {
+		bad("audit.buffer", "must not be negative")
 	}
 	if c.Limits.MaxConnections < 1 {
 		bad("limits.max_connections", "must be at least 1")
