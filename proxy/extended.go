@@ -36,6 +36,17 @@ type stmtInfo struct {
 	// pump when a Describe of the statement is answered; the client pump
 	// reads it at Bind to ask the server for policy columns in binary.
 	desc atomic.Pointer[[]pgproto3.FieldDescription]
+	// rdCache is the server pump's last rewrite of a portal
+	// RowDescription of this statement, reused while the server's bytes
+	// and the client's formats are the same (one Describe per execution
+	// is what libpq's PQexecPrepared sends).
+	rdCache *rowDescCache
+}
+
+type rowDescCache struct {
+	raw, out       []byte
+	client, server []int16
+	plan           *rowPlan
 }
 
 func (st *stmtInfo) touches() bool { return st != nil && st.res != nil && st.res.Touches }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -341,6 +342,16 @@ func (s *session) portalPlan(pi *portalInfo) *rowPlan {
 }
 
 func (s *session) onRowDescription(msg []byte, e *expect) error {
+	if pi := e.portal; pi != nil && e.stmt == nil && pi.stmt != nil {
+		if c := pi.stmt.rdCache; c != nil && bytes.Equal(c.raw, msg) &&
+			slices.Equal(c.client, pi.resultFormats) && slices.Equal(c.server, pi.serverFormats) {
+			pi.plan = c.plan
+			if !e.swallow {
+				s.toClient = append(s.toClient, c.out...)
+			}
+			return nil
+		}
+	}
 	var rd pgproto3.RowDescription
 	if err := rd.Decode(msg[5:]); err != nil {
 		return err
@@ -363,11 +374,16 @@ func (s *session) onRowDescription(msg []byte, e *expect) error {
 		return nil
 	}
 	s.rewriteRowDesc(&rd, e.portal)
+	start := len(s.toClient)
 	out, err := rd.Encode(s.toClient)
 	if err != nil {
 		return err
 	}
 	s.toClient = out
+	if pi := e.portal; pi != nil && e.stmt == nil && pi.stmt != nil {
+		pi.stmt.rdCache = &rowDescCache{raw: append([]byte(nil), msg...), out: append([]byte(nil), out[start:]...),
+			client: pi.resultFormats, server: pi.serverFormats, plan: pi.plan}
+	}
 	return nil
 }
 
