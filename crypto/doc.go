@@ -107,6 +107,20 @@
 //     AES outputs never repeat, which nobody can observe through secret
 //     derived keys); the nonce terms above are the real ones.
 //
+// Nonce generation and the derived-key cache. With the default randomness
+// (Encrypt's rnd nil) a Key draws a random 12-byte prefix N[0:12] and reuses
+// it for up to 2^28 messages, each with fresh random N[12:24], then draws a
+// new prefix. So a derived key K_N is computed once per prefix, not per
+// message, and Decrypt keeps the AEADs of up to 256 recent prefixes, so
+// reading what one process wrote costs one derivation (C2SP XAES-256-GCM
+// allows caching K_N when the prefix repeats). The format is unchanged and
+// any 24-byte nonce decrypts. The bound per derived key becomes plain GCM's
+// with random 96-bit nonces over at most 2^28 messages: q²/2^97 = 2^-41;
+// across prefixes the terms above still hold (prefixes are random 96-bit
+// values, so two processes share one with probability ~p²/2^97 for p
+// prefixes). Encrypt with an explicit rnd draws all 24 bytes from it, as
+// the known-answer vectors do.
+//
 // So one DEK is safe for at least 2^48 values even by the conservative
 // bound, 65 536 times the plain-GCM budget, and DEK rotation never has to be
 // forced by usage counts. The tag is GCM's full 128 bits (forgery odds per

@@ -3,7 +3,6 @@ package crypto
 import (
 	"crypto/hkdf"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
@@ -149,10 +148,15 @@ func (k *Key) Encrypt(dst []byte, mode Mode, plaintext, aad []byte, rnd io.Reade
 
 	switch mode {
 	case ModeRandomized:
-		if rnd == nil {
-			rnd = rand.Reader
-		}
 		nonce := out[HeaderSize : HeaderSize+NonceSize]
+		if rnd == nil {
+			// The default: a per-key random prefix reused for a bounded
+			// number of messages, so the derived key is cached.
+			if _, err := k.xaes.sealCached(s, out[HeaderSize+NonceSize:HeaderSize+NonceSize], nonce, plaintext, s.ad); err != nil {
+				return nil, fmt.Errorf("crypto: read nonce: %w", err)
+			}
+			break
+		}
 		if _, err := io.ReadFull(rnd, nonce); err != nil {
 			return nil, fmt.Errorf("crypto: read nonce: %w", err)
 		}

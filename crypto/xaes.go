@@ -3,7 +3,9 @@ package crypto
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rand"
 	"crypto/subtle"
+	"sync"
 )
 
 // xaes is XAES-256-GCM as specified at https://c2sp.org/XAES-256-GCM:
@@ -20,7 +22,30 @@ import (
 type xaes struct {
 	block cipher.Block // AES-256 under the randomized subkey; read-only
 	k1    [aes.BlockSize]byte
+
+	// Derived-key cache. XAES-256-GCM derives a key from the nonce's first
+	// 12 bytes; messages sharing that prefix share the derived key (C2SP
+	// XAES-256-GCM allows caching it). Encryption with the default
+	// randomness reuses one random prefix per Key for prefixLimit
+	// messages, with a fresh random 96-bit GCM nonce each time, so it
+	// derives a key once per prefix instead of once per message; and
+	// decryption keeps the AEADs of recently seen prefixes, so reading the
+	// values one process wrote costs one derivation. Nothing about the
+	// format changes: every nonce is still 24 bytes, and values with any
+	// prefix decrypt. See doc.go for the bound.
+	mu     sync.Mutex
+	prefix [12]byte
+	used   uint64 // messages sealed under prefix
+	cache  map[[12]byte]cipher.AEAD
 }
+
+// prefixLimit bounds the messages encrypted under one derived key. With
+// random 96-bit GCM nonces, q messages collide with probability at most
+// q²/2^97: 2^-41 at 2^28.
+const prefixLimit = 1 << 28
+
+// cacheSize bounds the decryption cache (entries of a few hundred bytes).
+const cacheSize = 256
 
 func newXAES(key []byte) (*xaes, error) {
 	b, err := aes.NewCipher(key)
@@ -80,7 +105,50 @@ func (x *xaes) seal(s *scratch, dst, nonce, plaintext, ad []byte) []byte {
 	return x.aead(s, nonce).Seal(dst, nonce[12:], plaintext, ad)
 }
 
+// sealCached fills nonce with the current prefix and 12 random bytes and
+// seals under the prefix's cached derived key.
+func (x *xaes) sealCached(s *scratch, dst, nonce, plaintext, ad []byte) ([]byte, error) {
+	if _, err := rand.Read(nonce[12:]); err != nil {
+		return nil, err
+	}
+	x.mu.Lock()
+	if x.used == 0 || x.used >= prefixLimit {
+		if _, err := rand.Read(x.prefix[:]); err != nil {
+			x.mu.Unlock()
+			return nil, err
+		}
+		x.used = 0
+	}
+	x.used++
+	copy(nonce[:12], x.prefix[:])
+	x.mu.Unlock()
+	return x.cached(s, nonce).Seal(dst, nonce[12:], plaintext, ad), nil
+}
+
 // open appends the plaintext of ciphertext||tag to dst.
 func (x *xaes) open(s *scratch, dst, nonce, ciphertext, ad []byte) ([]byte, error) {
-	return x.aead(s, nonce).Open(dst, nonce[12:], ciphertext, ad)
+	return x.cached(s, nonce).Open(dst, nonce[12:], ciphertext, ad)
+}
+
+// cached returns the AEAD of the nonce's prefix, deriving and keeping it
+// on a miss. A GCM AEAD is safe for concurrent use.
+func (x *xaes) cached(s *scratch, nonce []byte) cipher.AEAD {
+	var p [12]byte
+	copy(p[:], nonce[:12])
+	x.mu.Lock()
+	a, ok := x.cache[p]
+	x.mu.Unlock()
+	if ok {
+		return a
+	}
+	a = x.aead(s, nonce)
+	x.mu.Lock()
+	if x.cache == nil || len(x.cache) >= cacheSize {
+		// Start over rather than track recency: a full cache means values
+		// from many writers, and the current prefix is re-added at once.
+		x.cache = make(map[[12]byte]cipher.AEAD, 16)
+	}
+	x.cache[p] = a
+	x.mu.Unlock()
+	return a
 }
