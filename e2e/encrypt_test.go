@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
@@ -480,4 +481,91 @@ func TestMigratingReads(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT note FROM `+e.users+` WHERE id = 2`).Scan(&got); pgCode(err) != "XX001" {
 		t.Fatalf("tampered envelope in a migrating column: %q %v", got, err)
 	}
+}
+
+// TestDecryptFailureAbortsTransaction: a value that does not decrypt fails
+// its statement, and inside a transaction block the transaction is
+// aborted on the server too, in both protocols.
+func TestDecryptFailureAbortsTransaction(t *testing.T) {
+	e := startEncrypting(t)
+	for name, mode := range map[string]pgx.QueryExecMode{"extended": pgx.QueryExecModeCacheStatement, "simple": pgx.QueryExecModeSimpleProtocol} {
+		t.Run(name, func(t *testing.T) {
+			mustExec(t, `TRUNCATE `+e.users)
+			ctx := ctxFor(t, 30*time.Second)
+			conn := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database), withExecMode(mode))
+			defer conn.Close(ctx)
+			if _, err := conn.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn) VALUES (1, 'good'), (2, 'bad')`); err != nil {
+				t.Fatal(err)
+			}
+			mustExec(t, `UPDATE `+e.users+` SET ssn = set_byte(ssn, 40, get_byte(ssn, 40) # 1) WHERE id = 2`)
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn) VALUES (3, 'in-tx')`); err != nil {
+				t.Fatal(err)
+			}
+			var s string
+			if err := tx.QueryRow(ctx, `SELECT ssn FROM `+e.users+` WHERE id = 2`).Scan(&s); pgCode(err) != "XX001" {
+				t.Fatalf("tampered value: %q %v", s, err)
+			}
+			if err := tx.Commit(ctx); err == nil || !errors.Is(err, pgx.ErrTxCommitRollback) {
+				t.Fatalf("commit after a decryption failure: %v, want rollback", err)
+			}
+			var n int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM `+e.users+` WHERE id = 3`).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("the transaction's insert survived: %d %v", n, err)
+			}
+		})
+	}
+}
+
+// TestTableCreatedByAnotherSession: a session that started before a policy
+// table existed still encrypts and decrypts it once another session
+// creates it, in both protocols, and COPY works too.
+func TestTableCreatedByAnotherSession(t *testing.T) {
+	e := startEncrypting(t, func(pc *proxyConfig) { pc.CatalogRefresh = "500ms" })
+	ctx := ctxFor(t, 30*time.Second)
+	simple := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database), withExecMode(pgx.QueryExecModeSimpleProtocol))
+	defer simple.Close(ctx)
+	ext := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database))
+	defer ext.Close(ctx)
+	// Re-create the policy table behind both sessions' backs; after
+	// catalog_refresh they find it under its new OID.
+	mustExec(t, `DROP TABLE `+e.users+`; CREATE TABLE `+e.users+` (id int PRIMARY KEY, name text, ssn bytea, email bytea, age bytea, born bytea, score bytea, seen bytea, prefs bytea, note bytea)`)
+	time.Sleep(600 * time.Millisecond)
+	for i, conn := range []*pgx.Conn{simple, ext} {
+		if _, err := conn.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn) VALUES ($1, $2)`, i+1, "late-"+itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT ssn FROM `+e.users+` WHERE id = $1`, i+1).Scan(&s); err != nil || s != "late-"+itoa(i) {
+			t.Fatalf("session %d after the table was re-created: %q %v", i, s, err)
+		}
+	}
+	mustExec(t, `DROP TABLE `+e.users+`; CREATE TABLE `+e.users+` (id int PRIMARY KEY, name text, ssn bytea, email bytea, age bytea, born bytea, score bytea, seen bytea, prefs bytea, note bytea)`)
+	var err error
+	for try := 0; try < 2; try++ {
+		if _, err = simple.PgConn().CopyFrom(ctx, strings.NewReader("9\tn\tcopied"+strings.Repeat("\t\\N", 7)+"\n"), `COPY `+e.users+` FROM STDIN`); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("COPY after a retry: %v", err)
+	}
+	e.assertNoPlaintext(t, 9, "copied")
+}
+
+// TestVarcharParameterIntoTextColumn: drivers that declare string
+// parameters as varchar (pgjdbc) work with text policy columns.
+func TestVarcharParameterIntoTextColumn(t *testing.T) {
+	e := startEncrypting(t)
+	w := e.wire(t)
+	got := w.send(1,
+		&pgproto3.Parse{Query: `INSERT INTO ` + e.users + ` (id, ssn, email) VALUES ($1, $2, $3)`, ParameterOIDs: []uint32{23, 1043, 1043}},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("1"), []byte("vc-ssn"), []byte("vc@x")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "varchar parameters", got, "1", "2", "C INSERT 0 1", "Z I")
+	e.assertNoPlaintext(t, 1, "vc-ssn", "vc@x")
 }

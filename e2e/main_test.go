@@ -156,8 +156,9 @@ type proxyConfig struct {
 	Audit struct {
 		File string `yaml:"file,omitempty"`
 	} `yaml:"audit"`
-	KMS        map[string]map[string]any `yaml:"kms,omitempty"`
-	PolicyFile string                    `yaml:"policy_file,omitempty"`
+	KMS            map[string]map[string]any `yaml:"kms,omitempty"`
+	PolicyFile     string                    `yaml:"policy_file,omitempty"`
+	CatalogRefresh string                    `yaml:"catalog_refresh,omitempty"`
 
 	// cluster is the upstream; not part of the file.
 	cluster *pgtest.Cluster

@@ -25,6 +25,11 @@ type Holder struct {
 
 	mu       sync.Mutex // serialises reloads
 	lastData string
+
+	// Check, when set, vets a new policy against what only the caller
+	// knows (for instance that every key names a configured KMS); a policy
+	// it rejects is not swapped in. Set it before the first Reload.
+	Check func(*Policy) error
 }
 
 // NewHolder loads the policy at path. An empty path holds the empty policy
@@ -75,6 +80,9 @@ func (h *Holder) Reload() (changed bool, err error) {
 		return false, nil
 	}
 	p, err := Parse(data, h.path)
+	if err == nil && h.Check != nil {
+		err = h.Check(p)
+	}
 	if err != nil {
 		// Remember the bad content so it is reported once, not every poll.
 		h.lastData = string(data)

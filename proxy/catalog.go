@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -23,6 +24,20 @@ type catalog struct {
 	// tableColumns lists, for each policy table present in the database,
 	// all its columns in attribute order (COPY without a column list).
 	tableColumns map[[2]string][]string
+	// tables are the policy tables found in the database.
+	tables map[*policy.Table]bool
+	// loaded is when the catalog was read.
+	loaded time.Time
+}
+
+// knows reports whether the catalog found policy table t in the database.
+func (c *catalog) knows(t policy.TableName) bool {
+	for pt := range c.tables {
+		if pt.Name == t {
+			return true
+		}
+	}
+	return false
 }
 
 // columnsOf returns the columns of the policy table as a statement names
@@ -83,7 +98,7 @@ type catalogLoader struct {
 }
 
 func newCatalogLoader(pol *policy.Policy) *catalogLoader {
-	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}, tableColumns: map[[2]string][]string{}}}
+	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}, tableColumns: map[[2]string][]string{}, tables: map[*policy.Table]bool{}, loaded: time.Now()}}
 }
 
 // handle consumes one server message of the catalog query's reply and
@@ -106,6 +121,7 @@ func (l *catalogLoader) handle(typ byte, msg []byte) (done bool) {
 			}
 			t := l.pol.Table(string(row.Values[1]), string(row.Values[2]), nil)
 			if t != nil {
+				l.cat.tables[t] = true
 				k := [2]string{string(row.Values[1]), string(row.Values[2])}
 				l.cat.tableColumns[k] = append(l.cat.tableColumns[k], string(row.Values[4]))
 			}

@@ -170,20 +170,66 @@ func (s *session) clientMessage(ctx context.Context, typ byte, msg []byte) error
 // beginStatement runs before a Query or a Parse: it picks up a reloaded
 // policy and, at a point where nothing is in flight, refreshes the catalog
 // when DDL or a reload made it stale.
-func (s *session) beginStatement() {
+//
+// self is how many ReadyForQuery the message being handled is already
+// counted for (1 for a Query, 0 for a Parse): the session is at a boundary
+// when nothing else is in flight.
+func (s *session) beginStatement(self int64) {
 	if st := s.srv.policyState(); st != s.pol {
 		s.pol = st
 		s.needCatalog = true
 	}
-	if s.needCatalog && !s.es.inBatch && s.pendingRFQ.Load() == 0 {
+	if s.needCatalog && s.atBoundary(self) {
 		s.injectCatalogQuery()
 	}
-	if s.abortPending.Load() && !s.es.inBatch && s.pendingRFQ.Load() == 0 {
+	if s.abortPending.Load() && s.atBoundary(self) {
 		s.abortPending.Store(false)
 		s.pendingRFQ.Add(1)
 		s.toServer, _ = (&pgproto3.Query{String: raiseSQL("XX001", "pgcrypt-proxy: aborting the transaction after a decryption failure", "")}).Encode(s.toServer)
 		s.q.push(expect{kind: 'a', swallow: true})
 	}
+}
+
+func (s *session) atBoundary(self int64) bool {
+	return !s.es.inBatch && s.pendingRFQ.Load() == self
+}
+
+// ensureCatalog makes sure the catalog knows every policy table a
+// statement touches before the statement goes out: a table created (or
+// re-created) by another session after this one loaded its catalog would
+// otherwise come back undecrypted. It reloads the catalog ahead of the
+// statement when the session is at a boundary, and otherwise refuses the
+// statement (55000) so the client retries once the reload has happened.
+func (s *session) ensureCatalog(res *rewrite.Result, self int64) *rewrite.Refusal {
+	if !res.Touches || res.Refusal != nil || len(res.Columns) == 0 {
+		return nil
+	}
+	cat := s.cat.Load()
+	// A policy table dropped and created again by another session has a
+	// new OID; the catalog is re-read when it is older than CatalogTTL.
+	missing := cat == nil || cat.pol != s.pol.pol || time.Since(cat.loaded) > s.srv.cfg.CatalogTTL
+	for _, c := range res.Columns {
+		if missing || !cat.knows(c.Table) {
+			missing = true
+			break
+		}
+	}
+	if !missing {
+		return nil
+	}
+	if s.atBoundary(self) {
+		s.injectCatalogQuery()
+		return nil
+	}
+	if cat != nil && cat.pol == s.pol.pol && time.Since(cat.loaded) > s.srv.cfg.CatalogTTL {
+		// Only old, not missing: refresh at the next boundary rather than
+		// refuse in the middle of a batch.
+		s.needCatalog = true
+		return nil
+	}
+	s.needCatalog = true
+	return &rewrite.Refusal{Code: "55000", Message: "pgcrypt-proxy has not loaded the catalog entry of this policy table yet",
+		Hint: "retry the statement; it was created after this session started"}
 }
 
 // injectCatalogQuery sends the catalog query; its reply is consumed by the
@@ -282,7 +328,7 @@ func (s *session) searchPath() []string {
 }
 
 func (s *session) onQuery(ctx context.Context, msg []byte) error {
-	s.beginStatement()
+	s.beginStatement(1)
 	var q pgproto3.Query
 	if err := q.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Query message: %w", err)
@@ -295,6 +341,12 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 			return nil
 		}
 		if c != nil {
+			if cat := s.cat.Load(); (cat == nil || cat.columnsOf(c.Schema, c.Name, s.searchPath()) == nil) && c.Columns == nil && s.atBoundary(1) {
+				// Learn the table's columns first; the reply arrives before
+				// the COPY's, but the columns are needed now: refuse once,
+				// and the retry finds them.
+				s.injectCatalogQuery()
+			}
 			cs, err := s.newCopyStream(c)
 			if err != nil {
 				s.refuseErr(err, 'Q')
@@ -312,6 +364,9 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 		}
 	}
 	res := s.analyze(q.String)
+	if ref := s.ensureCatalog(res, 1); ref != nil {
+		res = &rewrite.Result{Touches: true, Refusal: ref}
+	}
 	if res.Refusal != nil {
 		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'Q', metrics.RefusalStatement)
 		return nil
@@ -405,13 +460,16 @@ func appendCandidateArrayLiteral(dst, arr []byte) []byte {
 }
 
 func (s *session) onParse(ctx context.Context, msg []byte) error {
-	s.beginStatement()
-	s.es.inBatch = true
+	s.beginStatement(0)
 	var p pgproto3.Parse
 	if err := p.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Parse message: %w", err)
 	}
 	res := s.analyze(p.Query)
+	if ref := s.ensureCatalog(res, 0); ref != nil {
+		res = &rewrite.Result{Touches: true, Refusal: ref}
+	}
+	s.es.inBatch = true
 	if res.Refusal != nil {
 		delete(s.es.stmts, p.Name)
 		s.refuse(res.Refusal.Code, res.Refusal.Message, res.Refusal.Hint, res.Refusal.Column, 'P', metrics.RefusalStatement)
@@ -433,7 +491,7 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		if prm.Column == nil {
 			continue
 		}
-		if oids[i] != 0 && oids[i] != prm.Column.Type.OID && oids[i] != byteaOID && oids[i] != byteaArrayOID {
+		if oids[i] != 0 && oids[i] != prm.Column.Type.OID && oids[i] != byteaOID && oids[i] != byteaArrayOID && !sameTextFamily(oids[i], prm.Column.Type.OID) {
 			delete(s.es.stmts, p.Name)
 			s.refuse("42804", fmt.Sprintf("parameter $%d is declared with type OID %d, but column %s holds %s", i+1, oids[i], prm.Column, prm.Column.Type.Name),
 				"leave the parameter type unspecified or declare it as "+prm.Column.Type.Name, prm.Column, 'P', metrics.RefusalParamType)
@@ -461,6 +519,14 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	s.toServer, _ = (&pgproto3.Describe{ObjectType: 'S', Name: p.Name}).Encode(s.toServer)
 	s.q.push(expect{kind: 'D', swallow: true, stmt: st})
 	return nil
+}
+
+// sameTextFamily reports string types whose values are the same bytes:
+// text, varchar and unknown (drivers such as pgjdbc declare varchar for
+// every string parameter).
+func sameTextFamily(a, b uint32) bool {
+	text := func(o uint32) bool { return o == 25 || o == 1043 || o == 705 }
+	return text(a) && text(b)
 }
 
 // cstrings reads the leading NUL-terminated strings of a message body.

@@ -53,6 +53,12 @@ type Config struct {
 	// Rand is the source of nonces; nil means crypto/rand.
 	Rand io.Reader
 
+	// CatalogTTL is how old a session's catalog of policy tables may get
+	// before a statement on a policy table re-reads it (so a policy table
+	// another session drops and creates again is found under its new OID).
+	// Zero means 30s.
+	CatalogTTL time.Duration
+
 	// Metrics and Audit are optional (nil: off).
 	Metrics *metrics.Metrics
 	Audit   *audit.Log
@@ -90,6 +96,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.StartupTimeout <= 0 {
 		cfg.StartupTimeout = 30 * time.Second
+	}
+	if cfg.CatalogTTL <= 0 {
+		cfg.CatalogTTL = 30 * time.Second
 	}
 	if cfg.Policy != nil && cfg.Keys == nil && len(cfg.Policy.Current().TableNames()) > 0 {
 		return nil, errors.New("proxy: the policy lists tables but no keystore is configured")

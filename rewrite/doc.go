@@ -115,7 +115,9 @@
 //	                                          expression, col = ANY($1) (arrays), INSERT … SELECT from
 //	                                          another source, copying ciphertext into a plain column,
 //	                                          INSERT without a column list, SET (…) = (SELECT …),
-//	                                          scalar subqueries yielding a policy column, MERGE, COPY,
+//	                                          scalar subqueries yielding a policy column, MERGE, COPY
+//	                                          in the extended protocol (COPY … FROM STDIN / TO STDOUT in
+//	                                          the simple protocol is supported: see AnalyzeCopy),
 //	                                          PREPARE … AS, DO blocks and function bodies that mention
 //	                                          a policy table, views and rules over policy tables,
 //	                                          CREATE TABLE AS / SELECT INTO a policy table, defaults,

@@ -50,9 +50,12 @@ const destroyDEKUsage = `Usage: pgcrypt-proxy keys destroy-dek KEY VERSION [--fo
 
 Crypto-shreds version VERSION of the data key of policy key KEY: its wrapped
 key is deleted from the keystore, so every value encrypted under it becomes
-undecryptable, for good (backups of the database included: they hold no
-copy of the unwrapped key). Reads of such values fail with an error naming
-the destroyed key (SQLSTATE 58000), never return garbage.
+undecryptable. Backups of the database taken before still hold the wrapped
+key, which decrypts for as long as the KEK version that wrapped it exists:
+shredding is complete once the KEK has rotated past it and that version is
+destroyed (rotation.destroy_grace), and once copies of a local keyring file
+holding it are gone. Reads of such values fail with an error naming the
+destroyed key (SQLSTATE 58000), never return garbage.
 
 Refused:
   - for the active version (rotate first: keys rotate-dek KEY);

@@ -45,11 +45,19 @@ func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger,
 		return nil, err
 	}
 	pol := h.Current()
-	var errs []error
-	for _, k := range pol.Keys {
-		if _, ok := cfg.KMS[k.KMS]; !ok {
-			errs = append(errs, fmt.Errorf("policy key %q uses kms %q, which the config does not define under kms:", k.Name, k.KMS))
+	checkKMS := func(p *policy.Policy) error {
+		var errs []error
+		for _, k := range p.Keys {
+			if _, ok := cfg.KMS[k.KMS]; !ok {
+				errs = append(errs, fmt.Errorf("policy key %q uses kms %q, which the config does not define under kms:", k.Name, k.KMS))
+			}
 		}
+		return errors.Join(errs...)
+	}
+	h.Check = checkKMS
+	var errs []error
+	if err := checkKMS(pol); err != nil {
+		errs = append(errs, err)
 	}
 	if cfg.Keystore.DSN == "" {
 		errs = append(errs, errors.New("keystore.dsn is required with a policy (the database where wrapped data keys are kept)"))

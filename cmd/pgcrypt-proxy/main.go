@@ -280,6 +280,7 @@ func proxyConfig(cfg *config.Config, log zerolog.Logger) (proxy.Config, error) {
 		MaxConnections:      cfg.Limits.MaxConnections,
 		StartupTimeout:      cfg.Limits.StartupTimeout.D(),
 		IdleTimeout:         cfg.Limits.IdleTimeout.D(),
+		CatalogTTL:          cfg.CatalogRefresh.D(),
 		Logger:              log,
 	}
 	if cfg.ClientTLS.Mode != "disable" {

@@ -25,18 +25,21 @@ const EnvPrefix = "PGCRYPT_"
 // Config is the whole configuration of pgcrypt-proxy. It is built once by
 // Load and never modified afterwards.
 type Config struct {
-	Listen         string          `yaml:"listen"`
-	Upstream       Upstream        `yaml:"upstream"`
-	ClientTLS      ClientTLS       `yaml:"client_tls"`
-	Keystore       Keystore        `yaml:"keystore"`
-	KMS            map[string]*KMS `yaml:"kms"`
-	PolicyFile     string          `yaml:"policy_file"`
-	Rotation       Rotation        `yaml:"rotation"`
-	Admin          Admin           `yaml:"admin"`
-	Log            Log             `yaml:"log"`
-	Limits         Limits          `yaml:"limits"`
-	Audit          Audit           `yaml:"audit"`
-	ShutdownGrace  Duration        `yaml:"shutdown_grace"`
+	Listen     string          `yaml:"listen"`
+	Upstream   Upstream        `yaml:"upstream"`
+	ClientTLS  ClientTLS       `yaml:"client_tls"`
+	Keystore   Keystore        `yaml:"keystore"`
+	KMS        map[string]*KMS `yaml:"kms"`
+	PolicyFile string          `yaml:"policy_file"`
+	// CatalogRefresh bounds how long a session trusts its catalog of policy
+	// tables (their OIDs) before re-reading it for a statement on them.
+	CatalogRefresh Duration `yaml:"catalog_refresh"`
+	Rotation       Rotation `yaml:"rotation"`
+	Admin          Admin    `yaml:"admin"`
+	Log            Log      `yaml:"log"`
+	Limits         Limits   `yaml:"limits"`
+	Audit          Audit    `yaml:"audit"`
+	ShutdownGrace  Duration `yaml:"shutdown_grace"`
 	sourceFile     string
 	sourceFileRead bool
 }
@@ -138,10 +141,11 @@ func Default() Config {
 			DestroyRetiredVersions: true,
 			DestroyGrace:           Duration(720 * time.Hour),
 		},
-		Admin:         Admin{Listen: "127.0.0.1:9187"},
-		Log:           Log{Level: "info", Format: "json"},
-		Limits:        Limits{MaxConnections: 1000, StartupTimeout: Duration(30 * time.Second)},
-		ShutdownGrace: Duration(30 * time.Second),
+		Admin:          Admin{Listen: "127.0.0.1:9187"},
+		Log:            Log{Level: "info", Format: "json"},
+		Limits:         Limits{MaxConnections: 1000, StartupTimeout: Duration(30 * time.Second)},
+		ShutdownGrace:  Duration(30 * time.Second),
+		CatalogRefresh: Duration(30 * time.Second),
 	}
 }
 
@@ -540,6 +544,9 @@ func (c *Config) validate(file string, lines map[string]int) []error {
 	}
 	if c.Upstream.DialTimeout.D() <= 0 {
 		bad("upstream.dial_timeout", "must be positive")
+	}
+	if c.CatalogRefresh.D() <= 0 {
+		bad("catalog_refresh", "must be positive")
 	}
 	if c.ShutdownGrace.D() < 0 {
 		bad("shutdown_grace", "must not be negative")
