@@ -53,6 +53,9 @@ tables:
     a: {key: pii, type: text}
     b: {key: pii, type: text}
     c: {key: pii, type: text, mode: deterministic}
+  public.bench_copy_enc:
+    a: {key: pii, type: text}
+    b: {key: pii, type: text, mode: deterministic}
 `
 
 // encTables creates the four tables (directly, before the proxy starts).

@@ -33,6 +33,7 @@ import (
 
 // options are the command-line flags.
 type options struct {
+	copyRows  int
 	duration  time.Duration
 	rounds    int
 	clients   []int
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "unrecorded select-only run against each target before the matrix (0: none)")
 	fs.BoolVar(&o.tls, "tls", false, "TLS 1.3 on both legs of every target (pgbench sslmode=require; upstream verify-full)")
 	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a target of issue 2 or 4 is missed (not only on errors)")
+	fs.IntVar(&o.copyRows, "copy-rows", 1000000, "rows of the COPY FROM STDIN measurement (issue 5); 0 skips it")
 	fs.BoolVar(&o.noPolicy, "no-policy", false, "run the proxy without a policy (pass-through only; skips the enc/plain workloads)")
 	fs.BoolVar(&o.baseline, "nopolicy-proxy", false, "also run the issue-2 workloads through a second proxy without a policy, interleaved, and print the policy's cost on pass-through")
 	if err := fs.Parse(args); err != nil {
@@ -178,6 +180,7 @@ type bench struct {
 	// children's is PostgreSQL's; 0 when unknown.
 	postmasterPID int
 	admin         *pgx.Conn // direct connection for Setup and Before statements
+	copy          *copyResult
 	targets       map[string]*target
 	workloads     []workload
 	scripts       map[string]string // script name → file path
@@ -368,6 +371,11 @@ func (b *bench) run(ctx context.Context) error {
 		b.env.PrefillSeconds = took.Seconds()
 	}
 
+	if o.copyRows > 0 && enc != nil && (o.only == nil || o.only.MatchString("copy")) {
+		if b.copy, err = b.copyBench(ctx, direct, t.ep, o.copyRows); err != nil {
+			return err
+		}
+	}
 	if err := b.warm(ctx); err != nil {
 		return err
 	}

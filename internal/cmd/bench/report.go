@@ -65,6 +65,7 @@ type results struct {
 	Summary     []*cell     `json:"summary"`
 	Encryption  []*encRow   `json:"encryption,omitempty"` // issue 4: enc vs plain through the proxy
 	Checks      []check     `json:"checks"`
+	Copy        *copyResult `json:"copy,omitempty"` // issue 5: COPY FROM STDIN through the proxy vs directly
 	Runs        []runResult `json:"runs"`
 }
 
@@ -203,9 +204,13 @@ func (b *bench) report(interrupted bool) {
 		}
 	}
 	printTable(b.stdout, b.env, cells, enc, checks, b.runs, interrupted)
+	printCopy(b.stdout, b.copy)
+	if b.copy != nil && b.copy.Check.Result == "FAIL" {
+		b.missedGoals++
+	}
 	res := results{
 		Started: b.started, Interrupted: interrupted, Environment: b.env,
-		Summary: cells, Encryption: enc, Checks: checks, Runs: b.runs,
+		Summary: cells, Encryption: enc, Checks: checks, Runs: b.runs, Copy: b.copy,
 	}
 	if err := writeJSON(b.opts.jsonFile, res); err != nil {
 		b.logf("bench: write %s: %v", b.opts.jsonFile, err)
