@@ -175,6 +175,7 @@ func (s *session) clientMessage(ctx context.Context, typ byte, msg []byte) error
 // counted for (1 for a Query, 0 for a Parse): the session is at a boundary
 // when nothing else is in flight.
 func (s *session) beginStatement(self int64) {
+	s.catalogInjected = false
 	if st := s.srv.policyState(); st != s.pol {
 		s.pol = st
 		s.needCatalog = true
@@ -201,7 +202,8 @@ func (s *session) atBoundary(self int64) bool {
 // statement when the session is at a boundary, and otherwise refuses the
 // statement (55000) so the client retries once the reload has happened.
 func (s *session) ensureCatalog(res *rewrite.Result, self int64) *rewrite.Refusal {
-	if !res.Touches || res.Refusal != nil || len(res.Columns) == 0 {
+	if !res.Touches || res.Refusal != nil || len(res.Columns) == 0 || s.catalogInjected {
+		// A catalog reload already goes out ahead of this statement.
 		return nil
 	}
 	cat := s.cat.Load()
@@ -240,6 +242,7 @@ func (s *session) injectCatalogQuery() {
 		s.cat.Store(&catalog{pol: s.pol.pol})
 		return
 	}
+	s.catalogInjected = true
 	s.pendingRFQ.Add(1)
 	s.toServer, _ = (&pgproto3.Query{String: catalogQuery(s.pol.pol)}).Encode(s.toServer)
 	s.q.push(expect{kind: 'q', swallow: true, loader: newCatalogLoader(s.pol.pol)})

@@ -121,6 +121,9 @@ type session struct {
 	// needCatalog asks the client pump to reload the catalog at the next
 	// point where nothing is in flight.
 	needCatalog bool
+	// catalogInjected: a catalog reload was sent ahead of the statement
+	// being handled (client pump).
+	catalogInjected bool
 	// abortPending asks the client pump to abort the server's transaction
 	// before the next statement (after a decryption failure).
 	abortPending atomic.Bool
