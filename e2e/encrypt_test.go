@@ -28,6 +28,8 @@ import (
 // encSetup is an encrypting proxy in front of the shared cluster with its
 // own keyring, keystore schema and policy over its own tables.
 type encSetup struct {
+	keyring    string // the local keyring file
+	masterKey  string // PGCRYPT_MASTER_KEY=…
 	cluster    *pgtest.Cluster
 	p          *proxyProc
 	policyFile string
@@ -85,6 +87,8 @@ func startEncryptingOn(t *testing.T, c *pgtest.Cluster, muts ...cfgMutator) *enc
 		t.Fatal(err)
 	}
 	kek.Close()
+	e.keyring = keyring
+	e.masterKey = "PGCRYPT_MASTER_KEY=" + base64.StdEncoding.EncodeToString(mk)
 	e.policyFile = filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(e.policyFile, []byte(policyFor(e.users, "")), 0o600); err != nil {
 		t.Fatal(err)
