@@ -247,9 +247,6 @@ func (s *session) failStartup(err error) {
 	if errors.Is(err, errAuthFailed) {
 		return // the server's error was relayed and logged
 	}
-	if errors.Is(err, errAuthFailed) {
-		return // the server's error was relayed and logged
-	}
 	if errors.Is(err, io.EOF) {
 		s.log.Debug().Msg("client closed the connection during startup")
 		return

@@ -22,6 +22,10 @@ else keystore.dsn. Exit status 0 when all is well, 1 listing every problem.
 `
 
 func policyCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, policyUsage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "check" {
 		fmt.Fprint(stderr, policyUsage)
 		return 2
