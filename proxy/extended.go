@@ -464,6 +464,7 @@ func appendCandidateArrayLiteral(dst, arr []byte) []byte {
 
 func (s *session) onParse(ctx context.Context, msg []byte) error {
 	s.beginStatement(0)
+	s.copyIn = nil // a COPY the server refused before CopyInResponse
 	var p pgproto3.Parse
 	if err := p.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Parse message: %w", err)

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"syscall"
 	"time"
@@ -46,6 +45,9 @@ func (s *session) relay(ctx context.Context) {
 		err = s.serverPump()
 	}()
 	clientErr := s.clientPump()
+	// Which side ended the session decides the reason logged: closing the
+	// other side below makes that one fail too.
+	serverFirst := s.serverDone.Load()
 	if clientErr != nil && !errors.Is(clientErr, errClientTerminated) && !errors.Is(clientErr, errIdleTimeout) &&
 		!s.serverDone.Load() && s.pendingRFQ.Load() > 0 && s.state() != stateClosed {
 		// The client vanished mid-query: cancel the query so the server
@@ -61,9 +63,9 @@ func (s *session) relay(ctx context.Context) {
 		ev = ev.Str("reason", "idle timeout")
 	case errors.Is(clientErr, errClientTerminated):
 		ev = ev.Str("reason", "client terminated")
-	case s.serverDone.Load() && serverErr != nil && !isClosedErr(serverErr):
+	case serverFirst && serverErr != nil && !isClosedErr(serverErr):
 		ev = s.log.Warn().Str("reason", "server connection error").AnErr("server_error", serverErr)
-	case s.serverDone.Load() && !errors.Is(serverErr, net.ErrClosed):
+	case serverFirst:
 		ev = ev.Str("reason", "server closed the connection")
 	case clientErr != nil && !isClosedErr(clientErr):
 		ev = s.log.Warn().Str("reason", "client connection error").AnErr("client_error", clientErr)
