@@ -143,6 +143,7 @@ type proxyConfig struct {
 	Limits struct {
 		MaxConnections int    `yaml:"max_connections"`
 		StartupTimeout string `yaml:"startup_timeout"`
+		IdleTimeout    string `yaml:"idle_timeout,omitempty"`
 	} `yaml:"limits"`
 	ShutdownGrace string `yaml:"shutdown_grace"`
 

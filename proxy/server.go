@@ -177,7 +177,7 @@ func (s *Server) startSession(ctx context.Context, c net.Conn) {
 	}
 	s.mu.Unlock()
 	if over {
-		go sess.refuseTooMany()
+		go sess.refuseTooMany(ctx)
 		return
 	}
 	go func() {

@@ -219,6 +219,9 @@ func (s *session) run(ctx context.Context) {
 	if !s.setState(stateIdle) {
 		return
 	}
+	if s.srv.cfg.IdleTimeout > 0 {
+		_ = s.client.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout))
+	}
 	s.log.Info().Str("database", s.database).Bool("client_tls", s.clientTLS).
 		Bool("upstream_tls", s.serverTLS).Dur("startup", time.Since(s.started)).Msg("session ready")
 	s.relay(ctx)
@@ -266,33 +269,18 @@ func (s *session) sendClientError(ce *clientError) {
 }
 
 // refuseTooMany answers a connection over limits.max_connections the way
-// PostgreSQL does when it is full, after reading its startup packet.
-func (s *session) refuseTooMany() {
+// PostgreSQL does when it is full: after TLS negotiation and the startup
+// packet, with SQLSTATE 53300. A CancelRequest is still forwarded.
+func (s *session) refuseTooMany(ctx context.Context) {
 	defer s.srv.cfg.Metrics.ConnClosed()
 	defer s.client.Close()
 	s.srv.cfg.Metrics.ConnRefused(metrics.RefuseTooMany)
-	_ = s.client.SetDeadline(time.Now().Add(5 * time.Second))
-	ce := &clientError{code: "53300", message: "sorry, too many clients already",
-		hint: "pgcrypt-proxy limits.max_connections is reached; retry later or raise it"}
-	// Decline TLS (the client may retry in plaintext and gets the error),
-	// answer a StartupMessage with the error.
-	for i := 0; i < 3; i++ {
-		code, _, err := readStartupPacket(s.client)
-		if err != nil {
-			return
-		}
-		switch code {
-		case sslRequestCode, gssEncRequestCode:
-			if _, err := s.client.Write([]byte{'N'}); err != nil {
-				return
-			}
-			continue
-		case cancelRequestCode:
-			return
-		}
-		break
+	_ = s.client.SetDeadline(time.Now().Add(min(5*time.Second, s.srv.cfg.StartupTimeout)))
+	if _, _, err := s.readStartup(ctx); err != nil {
+		return
 	}
-	s.sendClientError(ce)
+	s.sendClientError(&clientError{code: "53300", message: "sorry, too many clients already",
+		hint: "pgcrypt-proxy limits.max_connections is reached; retry later or raise it"})
 	s.log.Warn().Int("max_connections", s.srv.cfg.MaxConnections).Msg("connection refused: too many clients")
 }
 
