@@ -239,12 +239,14 @@ func (s *session) failStartup(err error) {
 	s.srv.cfg.Metrics.ConnRefused(refuseReason(err))
 	var ce *clientError
 	if errors.As(err, &ce) {
-		s.sendClientError(ce)
+		// Log before answering, so the line exists once the client has
+		// its error.
 		ev := s.log.Warn()
 		if ce.cause != nil {
 			ev = ev.AnErr("cause", ce.cause)
 		}
 		ev.Str("sqlstate", ce.code).Msg("connection refused: " + ce.message)
+		s.sendClientError(ce)
 		return
 	}
 	if errors.Is(err, errAuthFailed) {
