@@ -97,6 +97,11 @@ type RotatorOptions struct {
 	// under the version.
 	DestroyRetired bool
 	DestroyGrace   time.Duration
+	// KeepVersions makes passes rewrap and verify but never disable or
+	// destroy a KEK version (rotation.retire_versions: false), for
+	// replicas whose KMS identity may not change version states while a
+	// separate, privileged `pgcrypt-proxy rotate` job retires them.
+	KeepVersions bool
 	// OnPass, if set, receives every pass's result (not passes skipped
 	// because another process holds the lock): wire metrics here.
 	OnPass func(*PassResult)
@@ -581,6 +586,9 @@ func (p *passState) run(ctx context.Context, holdsLock func(context.Context) err
 		// Rewrapping needs no retirement record: do it, and say why
 		// nothing is retired.
 		p.problem(err)
+		p.noRetire = true
+	}
+	if r.o.KeepVersions {
 		p.noRetire = true
 	}
 	rows, err := r.pool.Query(ctx, "SELECT kek_name, count(*) FILTER (WHERE state <> 'destroyed') FROM "+r.table+" GROUP BY kek_name ORDER BY kek_name")

@@ -289,6 +289,28 @@ func TestRotateDestroyOff(t *testing.T) {
 	}
 }
 
+// TestRotateKeepVersions: with KeepVersions a pass rewraps but never
+// changes a version's state; a pass without it then retires.
+func TestRotateKeepVersions(t *testing.T) {
+	b := newLocal(t)
+	p := pool(t, "")
+	s := open(t, p, b.keks(), Options{})
+	c := newClock()
+	seedDEKs(t, s, b, "a")
+	rotateKMS(t, b)
+	keep := newRotator(t, p, b, c, RotatorOptions{DisableDelay: -1, DestroyRetired: true, DestroyGrace: time.Nanosecond, KeepVersions: true})
+	if res := mustPass(t, keep); res.Rewrapped != 1 || len(res.Disabled) != 0 || len(res.Destroyed) != 0 {
+		t.Fatalf("pass keeping versions: %+v", res)
+	}
+	if st, _ := kekStates(t, b); st[versionOf(b, "1")] != kms.StateEnabled {
+		t.Fatalf("a kept version changed state: %v", st)
+	}
+	retire := newRotator(t, p, b, c, RotatorOptions{DisableDelay: -1})
+	if res := mustPass(t, retire); len(res.Disabled) != 1 {
+		t.Fatalf("privileged pass: %+v", res)
+	}
+}
+
 // TestRotatePrimaryCache: the version list is read once per PollInterval;
 // a Wrap reporting another version, or Trigger, end the reuse.
 func TestRotatePrimaryCache(t *testing.T) {

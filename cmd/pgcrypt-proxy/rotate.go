@@ -53,6 +53,7 @@ func rotatorOptions(cfg *config.Config, log zerolog.Logger) keys.RotatorOptions 
 		PollInterval:   cfg.Rotation.Interval.D(),
 		DestroyRetired: cfg.Rotation.DestroyRetiredVersions,
 		DestroyGrace:   cfg.Rotation.DestroyGrace.D(),
+		KeepVersions:   !cfg.Rotation.RetireVersions,
 	}
 }
 
@@ -182,8 +183,12 @@ func rotateCmd(args []string, stdout, stderr io.Writer) int {
 		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
 	}
 	defer pool.Close()
-	// The summary below says what the pass's log line would.
-	r, err := keys.NewRotator(pool, keks, rotatorOptions(cfg, zerolog.Nop()))
+	// The summary below says what the pass's log line would. This command
+	// is the privileged job rotation.retire_versions: false defers to, so
+	// it always retires.
+	ro := rotatorOptions(cfg, zerolog.Nop())
+	ro.KeepVersions = false
+	r, err := keys.NewRotator(pool, keks, ro)
 	if err != nil {
 		return fail(err)
 	}

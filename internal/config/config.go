@@ -89,7 +89,11 @@ type KMS struct {
 
 // Rotation configures the KEK rotation worker.
 type Rotation struct {
-	Interval               Duration `yaml:"interval"`
+	Interval Duration `yaml:"interval"`
+	// RetireVersions lets serve's passes disable (and, with
+	// DestroyRetiredVersions, destroy) KEK versions no DEK references;
+	// false leaves that to a privileged `pgcrypt-proxy rotate` job.
+	RetireVersions         bool     `yaml:"retire_versions"`
 	DestroyRetiredVersions bool     `yaml:"destroy_retired_versions"`
 	DestroyGrace           Duration `yaml:"destroy_grace"`
 }
@@ -138,6 +142,7 @@ func Default() Config {
 		PolicyFile: "",
 		Rotation: Rotation{
 			Interval:               Duration(time.Hour),
+			RetireVersions:         true,
 			DestroyRetiredVersions: true,
 			DestroyGrace:           Duration(720 * time.Hour),
 		},
