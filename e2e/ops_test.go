@@ -90,6 +90,8 @@ func TestMetricsHealthAndAudit(t *testing.T) {
 		`pgcrypt_statements_total{outcome="refused"}`:   1,
 		`pgcrypt_values_encrypted_total`:                2,
 		`pgcrypt_values_decrypted_total`:                1,
+		`pgcrypt_dek_cache_hits_total`:                  1,
+		`pgcrypt_dek_cache_misses_total`:                1,
 	} {
 		if m[name] < min {
 			t.Errorf("%s = %v, want ≥ %v", name, m[name], min)

@@ -73,12 +73,16 @@ type Options struct {
 	// (ErrNoKeystore when it does not exist) and makes Current refuse to
 	// create DEKs. For tools such as `pgcrypt-proxy keys list`.
 	ReadOnly bool
+	// OnCache, when set, is told of every data-key cache lookup (true: a
+	// hit), for metrics. It must be cheap and safe for concurrent use.
+	OnCache func(hit bool)
 }
 
 // Store is the keystore of one upstream database: wrapped DEKs in
 // <schema>.data_keys, unwrapped through the KMS on demand into a bounded
 // cache. All methods are safe for concurrent use; see doc.go.
 type Store struct {
+	onCache   func(hit bool)
 	pool      *pgxpool.Pool
 	schema    string
 	table     string             // quoted <schema>.data_keys
@@ -138,6 +142,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, keks map[string]kms.KEK, o Op
 		now:       o.Now,
 		log:       o.Logger.With().Str("component", "keystore").Logger(),
 		readOnly:  o.ReadOnly,
+		onCache:   o.OnCache,
 		ids:       newCache[uint32, *crypto.Key](o.CacheSize),
 		failed:    newCache[uint32, *crypto.Key](o.CacheSize),
 		current:   newCache[string, *entry[*crypto.Key]](o.CacheSize),
@@ -193,8 +198,10 @@ func (s *Store) Schema() string { return s.schema }
 func (s *Store) Current(ctx context.Context, keyName, kmsName string) (*crypto.Key, error) {
 	now := s.now().UnixNano()
 	if e, ok := s.current.get(keyName, now); ok && now < e.v.expires {
+		s.hit()
 		return e.v.v, nil
 	}
+	s.miss()
 	v, err := s.fill(ctx, "current\x00"+keyName, func(ctx context.Context) (any, error) {
 		now := s.now().UnixNano()
 		if e, ok := s.current.get(keyName, now); ok && now < e.v.expires {
@@ -215,11 +222,13 @@ func (s *Store) Current(ctx context.Context, keyName, kmsName string) (*crypto.K
 func (s *Store) ByID(ctx context.Context, id uint32) (*crypto.Key, error) {
 	now := s.now().UnixNano()
 	if e, ok := s.ids.get(id, now); ok {
+		s.hit()
 		return e.v, nil
 	}
 	if e, ok := s.failed.get(id, now); ok {
 		return nil, e.err
 	}
+	s.miss()
 	v, err := s.fill(ctx, idFlight(id), func(ctx context.Context) (any, error) {
 		if e, ok := s.cachedID(id); ok {
 			return e, nil // filled between our miss and this flight
@@ -330,6 +339,19 @@ func (s *Store) fill(ctx context.Context, key string, fn func(context.Context) (
 		return r.Val, r.Err
 	case <-ctx.Done():
 		return nil, &Error{Op: "load", Err: fmt.Errorf("gave up waiting for the keystore or KMS: %w", context.Cause(ctx))}
+	}
+}
+
+// hit and miss report cache lookups to Options.OnCache (metrics).
+func (s *Store) hit() {
+	if s.onCache != nil {
+		s.onCache(true)
+	}
+}
+
+func (s *Store) miss() {
+	if s.onCache != nil {
+		s.onCache(false)
 	}
 }
 

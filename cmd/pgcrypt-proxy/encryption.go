@@ -74,7 +74,14 @@ func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger,
 		enc.close()
 		return nil, fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)
 	}
-	if enc.keys, err = keys.Open(ctx, enc.pool, enc.keks, keys.Options{Schema: cfg.Keystore.Schema, Logger: log}); err != nil {
+	onCache := func(hit bool) {
+		if hit {
+			m.DEKCacheHit()
+		} else {
+			m.DEKCacheMiss()
+		}
+	}
+	if enc.keys, err = keys.Open(ctx, enc.pool, enc.keks, keys.Options{Schema: cfg.Keystore.Schema, Logger: log, OnCache: onCache}); err != nil {
 		enc.close()
 		return nil, err
 	}
