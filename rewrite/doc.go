@@ -155,9 +155,12 @@
 //
 //   - exact: keyed by (search_path, SQL text). A prepared statement, or any
 //     repeated text, costs one map lookup.
-//   - fingerprint: keyed by (search_path, pg_query.FingerprintToUInt64). A
+//   - shape (the "fingerprint" cache): keyed by (search_path, a hash of
+//     the token sequence with constant values left out, shapeHash). A
 //     simple-protocol statement whose constants change each time has the
-//     same fingerprint. The cached analysis is a template in token indices:
+//     same shape; hashing the tokens the cache needs anyway costs no second
+//     parse, which pg_query's fingerprint did (7 µs instead of 12 µs per
+//     hit). The cached analysis is a template in token indices:
 //     which token ranges to replace, by what, and which constant token
 //     feeds which column. On a hit the new text is scanned with
 //     pg_query.Scan and its token sequence compared with the template's:

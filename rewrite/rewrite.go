@@ -231,12 +231,12 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 	// text must take the full path and its refusal, never a cached
 	// template.
 	if a.fps != nil && toks.constants > 0 && utf8.ValidString(sql) {
-		if f, err := pg.FingerprintToUInt64(sql); err == nil {
-			fp, fpOK = f, true
-			if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {
-				if r := t.instantiate(sql, toks); r != nil {
-					return r
-				}
+		// Keyed by the token shape (what instantiate checks), which costs
+		// no second parse, rather than by pg_query's fingerprint.
+		fp, fpOK = shapeHash(sql, toks), true
+		if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {
+			if r := t.instantiate(sql, toks); r != nil {
+				return r
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"encoding/binary"
+	"hash/maphash"
 	"math/big"
 	"sort"
 	"strings"
@@ -97,6 +99,29 @@ func (t *tokens) text(sql string, from, to int) string {
 // to differ. Two such statements have the same parse tree up to constant
 // values, because the grammar only sees token kinds and the text of
 // non-constant tokens.
+// shapeSeed keys shapeHash for this process.
+var shapeSeed = maphash.MakeSeed()
+
+// shapeHash hashes what sameShape compares: every token's kind, and the
+// text of every token but the variable constants. Statements that differ
+// only in those constants hash alike, so the template cache can be keyed
+// by it without asking the parser for a fingerprint; a collision is
+// harmless, as instantiate checks sameShape before using a template.
+func shapeHash(sql string, t *tokens) uint64 {
+	var h maphash.Hash
+	h.SetSeed(shapeSeed)
+	var k [4]byte
+	for _, x := range t.list {
+		binary.LittleEndian.PutUint32(k[:], uint32(x.kind))
+		h.Write(k[:])
+		if !isVarConst(x.kind) {
+			h.WriteString(sql[x.start:x.end])
+		}
+		h.WriteByte(0)
+	}
+	return h.Sum64()
+}
+
 func sameShape(orig string, a *tokens, sql string, b *tokens) bool {
 	if len(a.list) != len(b.list) {
 		return false
