@@ -1,5 +1,3 @@
-// Command pgcrypt-proxy is a PostgreSQL wire-protocol proxy that encrypts
-// the columns listed in a policy. Run "pgcrypt-proxy help" for usage.
 package main
 
 import (
