@@ -417,7 +417,7 @@ func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (
 			continue
 		}
 		if l.Use == rewrite.UseCompare {
-			cands, err := s.candidates(ctx, nil, s.es.enc, l.Column, textFormat, []byte(l.Value))
+			cands, err := s.candidates(ctx, nil, s.es.enc, l.Column, textFormat, []byte(l.Value), 0)
 			if err != nil {
 				return "", err
 			}
@@ -525,6 +525,10 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	return nil
 }
 
+// genericPlanArrayLen is the array length PostgreSQL's planner assumes for
+// an array parameter (see session.candidates).
+const genericPlanArrayLen = 10
+
 // sameTextFamily reports string types whose values are the same bytes:
 // text, varchar and unknown (drivers such as pgjdbc declare varchar for
 // every string parameter).
@@ -624,7 +628,7 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		start := len(buf)
 		var err error
 		if prm.Use == rewrite.UseCompare {
-			buf, err = s.candidates(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
+			buf, err = s.candidates(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i], genericPlanArrayLen)
 		} else {
 			buf, err = s.encryptValue(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
 		}
