@@ -9,44 +9,18 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgcrypt/pgcrypt-proxy/internal/spawn"
 )
 
-// spawner starts every child process from one goroutine locked to its OS
-// thread for the life of the process. On Linux the children carry a
-// parent-death signal, which the kernel sends when the thread that forked
-// them exits, not the process: a thread of its own that never exits means
-// the signal fires exactly when the test binary dies.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-// startCmd runs cmd.Start on the spawner thread.
-func startCmd(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must outlive every child
-			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
-}
+// startCmd starts a server process so that it dies with the test binary
+// (SIGQUIT, PostgreSQL's immediate shutdown, even when the binary is
+// killed with SIGKILL; see package spawn).
+func startCmd(cmd *exec.Cmd) error { return spawn.Start(cmd, syscall.SIGQUIT) }
 
 // osUser is the account that owns the cluster files and runs initdb, pg_ctl
 // and postgres.
@@ -120,7 +94,6 @@ func (u *osUser) command(dir, name string, args ...string) *exec.Cmd {
 	cmd.Dir = dir
 	cmd.Env = cleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: u.cred}
-	setParentDeathSignal(cmd.SysProcAttr)
 	return cmd
 }
 

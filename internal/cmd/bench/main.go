@@ -134,7 +134,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "\nbench: %v: stopping and cleaning up (again to quit at once)\n", s)
 		cancel()
 		// A second signal kills the bench; its children die with it
-		// (parent-death signal, see spawner).
+		// (parent-death signal, see package spawn).
 		signal.Reset(syscall.SIGINT, syscall.SIGTERM)
 	}()
 

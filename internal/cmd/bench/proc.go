@@ -6,50 +6,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgcrypt/pgcrypt-proxy/internal/spawn"
 )
 
-// spawner starts every child from one goroutine locked to its OS thread for
-// the life of the process. On Linux the children carry a parent-death
-// signal, which the kernel sends when the thread that forked them exits:
-// a thread that never exits makes it fire exactly when the bench dies, so a
-// bench killed with SIGKILL leaves no pgbouncer, proxy or pgbench behind.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
 // startCmd starts cmd in its own process group (so a Ctrl-C on the terminal
-// reaches only the bench, which then stops its children in order) with a
-// parent-death signal.
+// reaches only the bench, which then stops its children in order), killed
+// by the kernel if the bench dies (see package spawn).
 func startCmd(cmd *exec.Cmd) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
-	setParentDeathSignal(cmd.SysProcAttr)
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must outlive every child
-			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
+	return spawn.Start(cmd, syscall.SIGKILL)
 }
 
 // daemon is a long-running child (pgbouncer, the proxy).
