@@ -130,9 +130,9 @@ func keysRotateDEK(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	defer closeKEKs(keks)
-	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	pool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
+		return fail(err)
 	}
 	defer pool.Close()
 	store, err := keys.Open(ctx, pool, keks, keys.Options{Schema: cfg.Keystore.Schema, Logger: log})
@@ -216,9 +216,9 @@ func keysDestroyDEK(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := commandContext()
 	defer cancel()
 	log := newLogger(cfg.Log, stderr)
-	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	pool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
+		return fail(err)
 	}
 	defer pool.Close()
 	// No KMS is needed: destroying deletes the wrapped key, it unwraps

@@ -138,9 +138,9 @@ func encryptExisting(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	defer closeKEKs(keks)
-	kpool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	kpool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
+		return fail(err)
 	}
 	defer kpool.Close()
 	var ks migrate.Keys

@@ -70,9 +70,9 @@ func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger,
 		return nil, err
 	}
 	enc.keks = instrumentKEKs(m, enc.keks)
-	if enc.pool, err = pgxpool.New(ctx, cfg.Keystore.DSN.Value()); err != nil {
+	if enc.pool, err = keystorePool(ctx, cfg); err != nil {
 		enc.close()
-		return nil, fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)
+		return nil, err
 	}
 	onCache := func(hit bool) {
 		if hit {
@@ -88,4 +88,14 @@ func openEncryption(ctx context.Context, cfg *config.Config, log zerolog.Logger,
 	log.Info().Str("policy", cfg.PolicyFile).Str("digest", pol.Digest).Int("tables", len(pol.Tables())).
 		Int("columns", len(pol.Columns())).Str("keystore", cfg.Keystore.DSN.String()).Msg("encryption ready")
 	return enc, nil
+}
+
+// keystorePool connects to keystore.dsn; errors name the DSN with its
+// password redacted.
+func keystorePool(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	if err != nil {
+		return nil, fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)
+	}
+	return pool, nil
 }

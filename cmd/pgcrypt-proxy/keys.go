@@ -9,8 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/pgcrypt/pgcrypt-proxy/keys"
 )
 
@@ -93,9 +91,9 @@ func keysList(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := commandContext()
 	defer cancel()
 
-	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	pool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
+		return fail(err)
 	}
 	defer pool.Close()
 	// The KEKs only say which version is primary; the list needs no KMS.

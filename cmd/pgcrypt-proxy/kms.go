@@ -15,8 +15,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
 	"github.com/pgcrypt/pgcrypt-proxy/keys"
 	"github.com/pgcrypt/pgcrypt-proxy/kms"
@@ -232,9 +230,9 @@ func checkNoDEKs(ctx context.Context, fs *flag.FlagSet, load func() (*config.Con
 		fmt.Fprintln(stderr, "note: keystore.dsn is not set; not checked against a keystore")
 		return nil
 	}
-	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	pool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err)
+		return err
 	}
 	defer pool.Close()
 	st, err := keys.Open(ctx, pool, nil, keys.Options{Schema: cfg.Keystore.Schema, ReadOnly: true})

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
@@ -178,9 +177,9 @@ func rotateCmd(args []string, stdout, stderr io.Writer) int {
 		return fail(fmt.Errorf("cannot open the kms backends:\n%s", indent(err)))
 	}
 	defer closeKEKs(keks)
-	pool, err := pgxpool.New(ctx, cfg.Keystore.DSN.Value())
+	pool, err := keystorePool(ctx, cfg)
 	if err != nil {
-		return fail(fmt.Errorf("keystore %s: %w", cfg.Keystore.DSN, err))
+		return fail(err)
 	}
 	defer pool.Close()
 	// The summary below says what the pass's log line would. This command
