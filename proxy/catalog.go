@@ -24,6 +24,8 @@ type catalog struct {
 	// tableColumns lists, for each policy table present in the database,
 	// all its columns in attribute order (COPY without a column list).
 	tableColumns map[[2]string][]string
+	// tableTypes holds the type OIDs of tableColumns' columns.
+	tableTypes map[[2]string][]uint32
 	// tables are the policy tables found in the database.
 	tables map[*policy.Table]bool
 	// loaded is when the catalog was read.
@@ -43,18 +45,26 @@ func (c *catalog) knows(t policy.TableName) bool {
 // columnsOf returns the columns of the policy table as a statement names
 // it (schema "" resolved through the search path).
 func (c *catalog) columnsOf(schema, name string, searchPath []string) []string {
+	cols, _ := c.columnTypesOf(schema, name, searchPath)
+	return cols
+}
+
+// columnTypesOf is columnsOf with each column's type OID.
+func (c *catalog) columnTypesOf(schema, name string, searchPath []string) ([]string, []uint32) {
 	if c == nil {
-		return nil
+		return nil, nil
 	}
 	if schema != "" {
-		return c.tableColumns[[2]string{schema, name}]
+		k := [2]string{schema, name}
+		return c.tableColumns[k], c.tableTypes[k]
 	}
 	for _, s := range searchPath {
-		if cols, ok := c.tableColumns[[2]string{s, name}]; ok {
-			return cols
+		k := [2]string{s, name}
+		if cols, ok := c.tableColumns[k]; ok {
+			return cols, c.tableTypes[k]
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 type catKey struct {
@@ -98,7 +108,7 @@ type catalogLoader struct {
 }
 
 func newCatalogLoader(pol *policy.Policy) *catalogLoader {
-	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}, tableColumns: map[[2]string][]string{}, tables: map[*policy.Table]bool{}, loaded: time.Now()}}
+	return &catalogLoader{pol: pol, cat: &catalog{pol: pol, columns: map[catKey]*policy.Column{}, tableColumns: map[[2]string][]string{}, tableTypes: map[[2]string][]uint32{}, tables: map[*policy.Table]bool{}, loaded: time.Now()}}
 }
 
 // handle consumes one server message of the catalog query's reply and
@@ -124,6 +134,7 @@ func (l *catalogLoader) handle(typ byte, msg []byte) (done bool) {
 				l.cat.tables[t] = true
 				k := [2]string{string(row.Values[1]), string(row.Values[2])}
 				l.cat.tableColumns[k] = append(l.cat.tableColumns[k], string(row.Values[4]))
+				l.cat.tableTypes[k] = append(l.cat.tableTypes[k], uint32(typ))
 			}
 			if col := t.Column(string(row.Values[4])); col != nil {
 				l.cat.columns[catKey{uint32(oid), int16(attnum)}] = col

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/crypto"
 	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
@@ -40,6 +41,14 @@ type copyStream struct {
 	header bool   // header line/block still expected
 	done   bool   // end of data seen (\. or binary trailer)
 	failed bool   // a CopyFail was sent: drop the rest
+
+	// conv is set when text or CSV rows go on to the server as binary
+	// tuples (copybin.go): each field's conversion.
+	conv           []binConv
+	fields         [][]byte      // the current row's raw fields
+	val            []byte        // an unescaped field
+	keys           []*crypto.Key // current data key per policy field, per batch
+	eolKnown, crlf bool          // the line ending, from the first line
 }
 
 // newCopyStream maps the COPY's fields to policy columns.
@@ -81,11 +90,15 @@ func (s *session) copyFeed(ctx context.Context, cs *copyStream, data []byte, end
 	c := s.es.enc
 	if !cs.from {
 		c = s.dec
+	} else if err := s.copyKeys(ctx, cs); err != nil {
+		return err
 	}
 	for !cs.done {
 		var n int
 		var err error
-		if cs.c.Format == "binary" {
+		if cs.conv != nil {
+			n, err = s.copyTextToBinaryRow(c, cs, end)
+		} else if cs.c.Format == "binary" {
 			n, err = s.copyBinaryRow(ctx, c, cs)
 		} else {
 			n, err = s.copyTextRow(ctx, c, cs, end)
@@ -133,37 +146,111 @@ func rowEnd(b []byte, c *rewrite.Copy) int {
 // copyTextRow transforms one text or CSV row at the start of cs.buf and
 // returns how many bytes it consumed (0: no whole row yet).
 func (s *session) copyTextRow(ctx context.Context, c *codec, cs *copyStream, end bool) (int, error) {
-	i := rowEnd(cs.buf, cs.c)
-	if i < 0 {
-		if !end || len(cs.buf) == 0 {
-			return 0, nil
+	line, consumed, nl, eod, err := nextTextRow(cs.buf, cs.c, end)
+	if consumed == 0 || err != nil {
+		if err != nil {
+			err = &copyError{row: cs.row + 1, msg: err.Error()}
 		}
-		i = len(cs.buf) // last row without a newline
-	}
-	line := cs.buf[:i]
-	consumed := i
-	if i < len(cs.buf) {
-		consumed++
-	}
-	nl := "\n"
-	if len(line) > 0 && line[len(line)-1] == '\r' {
-		line = line[:len(line)-1]
-		nl = "\r\n"
+		return 0, err
 	}
 	if cs.header {
 		cs.header = false
 		cs.out = append(append(cs.out, line...), nl...)
 		return consumed, nil
 	}
-	if bytes.Equal(line, []byte(`\.`)) {
+	if eod {
+		// Rows before the marker on its line are data; the server stops
+		// at the marker, so everything after it is dropped here too.
+		if len(line) > 0 {
+			if err := s.copyTextFields(ctx, c, cs, line, nl); err != nil {
+				return 0, err
+			}
+		}
 		cs.done = true
-		cs.out = append(append(cs.out, line...), nl...)
+		cs.out = append(cs.out, `\.`...)
+		cs.out = append(cs.out, nl...)
 		return consumed, nil
 	}
+	if err := s.copyTextFields(ctx, c, cs, line, nl); err != nil {
+		return 0, err
+	}
+	return consumed, nil
+}
+
+// nextTextRow finds the next row of text or CSV COPY data at the start of
+// b, as PostgreSQL's CopyReadLine does: the row without its line ending,
+// the bytes it spans (0: no whole row yet), its line ending, and whether
+// it ends the data. In text format a backslash escapes the next byte, even
+// a newline, and \. ends the data wherever it stands on its line (the
+// part of the line before it is the last row); in CSV only a line that is
+// exactly \. does, and newlines inside quotes do not end a row.
+func nextTextRow(b []byte, c *rewrite.Copy, end bool) (line []byte, consumed int, nl string, eod bool, err error) {
+	i := -1
+	if c.Format == "csv" {
+		i = rowEnd(b, c)
+	} else {
+	scan:
+		for j := 0; j < len(b); j++ {
+			switch b[j] {
+			case '\n':
+				i = j
+				break scan
+			case '\\':
+				if j+1 >= len(b) {
+					break scan // need the escaped byte
+				}
+				if b[j+1] != '.' {
+					j++
+					continue
+				}
+				k := j + 2
+				if k < len(b) && b[k] == '\r' {
+					k++
+				}
+				switch {
+				case k < len(b) && b[k] == '\n':
+					nl = "\n"
+					if k > j+2 {
+						nl = "\r\n"
+					}
+					return b[:j], k + 1, nl, true, nil
+				case k >= len(b) && !end:
+					return nil, 0, "", false, nil
+				case k >= len(b):
+					return b[:j], len(b), "\n", true, nil
+				}
+				return nil, 0, "", false, errors.New("end-of-copy marker corrupt")
+			}
+		}
+	}
+	if i < 0 {
+		if !end || len(b) == 0 {
+			return nil, 0, "", false, nil
+		}
+		i = len(b) // last row without a newline
+	}
+	line = b[:i]
+	consumed = i
+	if i < len(b) {
+		consumed++
+	}
+	nl = "\n"
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+		nl = "\r\n"
+	}
+	if c.Format == "csv" && string(line) == `\.` {
+		return line[:0], consumed, nl, true, nil
+	}
+	return line, consumed, nl, false, nil
+}
+
+// copyTextFields transforms the fields of one text or CSV row into cs.out.
+func (s *session) copyTextFields(ctx context.Context, c *codec, cs *copyStream, line []byte, nl string) error {
 	cs.row++
 	fields := splitFields(line, cs.c)
 	if len(fields) != len(cs.cols) {
-		return 0, &copyError{row: cs.row, msg: fmt.Sprintf("%d fields, the COPY names %d columns", len(fields), len(cs.cols))}
+		return &copyError{row: cs.row, msg: fmt.Sprintf("%d fields, the COPY names %d columns", len(fields), len(cs.cols))}
 	}
 	for f, raw := range fields {
 		if f > 0 {
@@ -176,12 +263,12 @@ func (s *session) copyTextRow(ctx context.Context, c *codec, cs *copyStream, end
 		}
 		val, err := unescapeField(raw, cs.c)
 		if err != nil {
-			return 0, &copyError{row: cs.row, msg: fmt.Sprintf("column %s: %v", col.Name, err)}
+			return &copyError{row: cs.row, msg: fmt.Sprintf("column %s: %v", col.Name, err)}
 		}
 		if cs.from {
-			env, err := s.encryptValue(ctx, s.envBuf[:0], c, col, textFormat, val)
+			env, err := s.encryptWith(s.envBuf[:0], cs.keys[f], c, col, textFormat, val)
 			if err != nil {
-				return 0, copyValueError(cs.row, col, err)
+				return copyValueError(cs.row, col, err)
 			}
 			s.envBuf = env
 			if cs.c.Format == "csv" {
@@ -196,13 +283,13 @@ func (s *session) copyTextRow(ctx context.Context, c *codec, cs *copyStream, end
 		// type's text form and escape it for the format.
 		plain, err := s.decryptValue(ctx, s.copyBuf[:0], c, col, textFormat, textFormat, val)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		s.copyBuf = plain
 		cs.out = escapeField(cs.out, plain, cs.c)
 	}
 	cs.out = append(cs.out, nl...)
-	return consumed, nil
+	return nil
 }
 
 func copyValueError(row int, col *policy.Column, err error) error {
@@ -216,7 +303,11 @@ func copyValueError(row int, col *policy.Column, err error) error {
 // splitFields splits a row at unescaped delimiters, keeping each field's
 // bytes as written (escapes and quotes included).
 func splitFields(line []byte, c *rewrite.Copy) [][]byte {
-	var out [][]byte
+	return splitFieldsInto(nil, line, c)
+}
+
+// splitFieldsInto is splitFields appending to out.
+func splitFieldsInto(out [][]byte, line []byte, c *rewrite.Copy) [][]byte {
 	start := 0
 	inQuote := false
 	for i := 0; i < len(line); i++ {
@@ -243,13 +334,20 @@ func splitFields(line []byte, c *rewrite.Copy) [][]byte {
 }
 
 func isNullField(raw []byte, c *rewrite.Copy) bool {
-	return string(raw) == c.Null // a quoted CSV field never equals the NULL string as written
+	// A CSV field with a quote in it is never NULL, even when its text is
+	// the NULL string (without FORCE_NULL, which the proxy does not see
+	// here).
+	return string(raw) == c.Null && (c.Format != "csv" || bytes.IndexByte(raw, c.Quote) < 0)
 }
 
 // unescapeField decodes one field to its value.
 func unescapeField(raw []byte, c *rewrite.Copy) ([]byte, error) {
+	return unescapeFieldInto(nil, raw, c)
+}
+
+// unescapeFieldInto is unescapeField appending to out.
+func unescapeFieldInto(out, raw []byte, c *rewrite.Copy) ([]byte, error) {
 	if c.Format == "csv" {
-		var out []byte
 		inQuote := false
 		for i := 0; i < len(raw); i++ {
 			ch := raw[i]
@@ -268,7 +366,6 @@ func unescapeField(raw []byte, c *rewrite.Copy) ([]byte, error) {
 		}
 		return out, nil
 	}
-	out := make([]byte, 0, len(raw))
 	for i := 0; i < len(raw); i++ {
 		ch := raw[i]
 		if ch != '\\' {
@@ -452,11 +549,12 @@ func (s *session) copyBinaryRow(ctx context.Context, c *codec, cs *copyStream) (
 		cs.out = append(cs.out, 0, 0, 0, 0)
 		var err error
 		if cs.from {
-			cs.out, err = s.encryptValue(ctx, cs.out, c, col, binaryFormat, val)
+			out, err := s.encryptWith(cs.out, cs.keys[f], c, col, binaryFormat, val)
 			if err != nil {
 				cs.out = cs.out[:lenAt]
 				return 0, copyValueError(cs.row, col, err)
 			}
+			cs.out = out
 		} else {
 			cs.out, err = s.decryptValue(ctx, cs.out, c, col, binaryFormat, binaryFormat, val)
 			if err != nil {
@@ -506,6 +604,9 @@ func (s *session) onCopyIn(ctx context.Context, typ byte, msg []byte) {
 		if err := s.copyFeed(ctx, cs, nil, true); err != nil {
 			s.failCopy(cs, err)
 			return
+		}
+		if cs.conv != nil && !cs.done {
+			cs.out = append(cs.out, 0xff, 0xff) // the binary trailer
 		}
 		s.toServer = appendCopyData(s.toServer, cs.out)
 		s.toServer = append(s.toServer, msg...)

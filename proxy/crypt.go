@@ -70,16 +70,30 @@ func (e *cryptoError) Unwrap() error { return e.cause }
 // encryptValue converts a client value to canonical plaintext and encrypts
 // it for col under its current data key, appending the envelope to dst.
 func (s *session) encryptValue(ctx context.Context, dst []byte, c *codec, col *policy.Column, format int16, val []byte) ([]byte, error) {
-	canon, err := c.toCanonical(s.scratch[:0], col.Type, format, val)
+	key, err := s.currentKey(ctx, col)
 	if err != nil {
 		return nil, err
 	}
-	s.scratch = canon
+	return s.encryptWith(dst, key, c, col, format, val)
+}
+
+// currentKey is the data key for new writes of col.
+func (s *session) currentKey(ctx context.Context, col *policy.Column) (*crypto.Key, error) {
 	key, err := s.srv.cfg.Keys.Current(ctx, col.Key, s.kmsFor(col))
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot encrypt column %s: its data key is unavailable", col), cause: err}
 	}
 	s.noteKeyID(key.ID())
+	return key, nil
+}
+
+// encryptWith is encryptValue under a key already looked up.
+func (s *session) encryptWith(dst []byte, key *crypto.Key, c *codec, col *policy.Column, format int16, val []byte) ([]byte, error) {
+	canon, err := c.toCanonical(s.scratch[:0], col.Type, format, val)
+	if err != nil {
+		return nil, err
+	}
+	s.scratch = canon
 	out, err := key.Encrypt(dst, cryptoMode(col.Mode), canon, col.AAD(), s.srv.cfg.Rand)
 	if err != nil {
 		return nil, &cryptoError{code: "XX000", msg: fmt.Sprintf("cannot encrypt column %s", col), cause: err}

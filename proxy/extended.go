@@ -73,6 +73,9 @@ type expect struct {
 	portal  *portalInfo
 	loader  *catalogLoader
 	copy    *copyStream // COPY … TO STDOUT of a policy table: decrypt its data
+	// textCopy: the proxy turned the client's text or CSV COPY FROM into a
+	// binary one; the client must see a text CopyInResponse.
+	textCopy bool
 }
 
 // queue is a FIFO of expectations shared by the two pumps.
@@ -358,6 +361,15 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 			e := expect{kind: 'Q'}
 			if cs != nil && c.From {
 				s.copyIn = cs
+				if sql, conv, ok := s.binaryCopyPlan(c, cs); ok {
+					s.log.Debug().Str("copy_upstream", "binary").Msg("COPY FROM goes on to the server in binary format")
+					cs.conv = conv
+					cs.out = appendBinaryCopyHeader(cs.out)
+					e.textCopy = true
+					s.q.push(e)
+					s.toServer, _ = (&pgproto3.Query{String: sql}).Encode(s.toServer)
+					return nil
+				}
 			} else if cs != nil {
 				e.copy = cs
 			}

@@ -163,6 +163,10 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 		return s.onCopyOut(ctx, typ, msg)
 	}
 	switch typ {
+	case 'G':
+		if e != nil && e.textCopy {
+			textCopyResponse(msg)
+		}
 	case 'H':
 		if e != nil && e.copy != nil {
 			s.copyOut = e.copy
@@ -322,7 +326,11 @@ func (s *session) noteParameterStatus(msg []byte) {
 	case "standard_conforming_strings":
 		s.scsOff.Store(ps.Value != "on")
 	case "client_encoding":
-		s.nonUTF8.Store(!strings.EqualFold(ps.Value, "UTF8") && !strings.EqualFold(ps.Value, "UTF-8"))
+		s.nonUTF8.Store(!isUTF8Name(ps.Value))
+	case "server_encoding":
+		s.serverNonUTF8.Store(!isUTF8Name(ps.Value))
+	case "server_version":
+		s.serverMajor.Store(int32(majorVersion(ps.Value)))
 	}
 }
 
@@ -538,4 +546,18 @@ func (s *session) forwardRefusal(msg []byte) error {
 	}
 	s.toClient = out
 	return nil
+}
+
+func isUTF8Name(enc string) bool {
+	return strings.EqualFold(enc, "UTF8") || strings.EqualFold(enc, "UTF-8")
+}
+
+// majorVersion reads the major version from a server_version setting
+// ("15.18 (Debian 15.18-0+deb12u1)", "17devel"); 0 if it has none.
+func majorVersion(v string) int {
+	n := 0
+	for i := 0; i < len(v) && v[i] >= '0' && v[i] <= '9'; i++ {
+		n = n*10 + int(v[i]-'0')
+	}
+	return n
 }

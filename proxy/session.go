@@ -118,6 +118,10 @@ type session struct {
 	tzName     atomic.Pointer[string] // the session's TimeZone, from ParameterStatus
 	scsOff     atomic.Bool            // standard_conforming_strings is off
 	nonUTF8    atomic.Bool            // client_encoding is not UTF8
+	// serverNonUTF8 and serverMajor are server_encoding and
+	// server_version, which decide whether COPY may go upstream in binary.
+	serverNonUTF8 atomic.Bool
+	serverMajor   atomic.Int32
 	// needCatalog asks the client pump to reload the catalog at the next
 	// point where nothing is in flight.
 	needCatalog bool

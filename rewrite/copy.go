@@ -28,6 +28,10 @@ type Copy struct {
 	Header    bool
 	Quote     byte
 	Escape    byte
+	// Basic is set when the statement uses no option beyond FORMAT,
+	// DELIMITER, NULL, HEADER (true or false), QUOTE and ESCAPE: then the
+	// proxy may send a COPY FROM on to the server in binary format.
+	Basic bool
 }
 
 // IsCopy reports cheaply whether sql starts with COPY, so the proxy asks
@@ -96,6 +100,7 @@ func (a *Analyzer) AnalyzeCopy(sql string, searchPath []string) (*Copy, *Refusal
 			Message: fmt.Sprintf("COPY FROM … WHERE on encrypted table %s is not supported", c.Table.Name)}
 	}
 	csvSet := false
+	c.Basic = true
 	for _, o := range cs.Options {
 		d := o.GetDefElem()
 		if d == nil {
@@ -116,7 +121,11 @@ func (a *Analyzer) AnalyzeCopy(sql string, searchPath []string) (*Copy, *Refusal
 		case "null":
 			c.Null = val
 		case "header":
-			c.Header = val == "" || val == "true" || val == "on" || val == "1" || val == "match"
+			match := strings.EqualFold(val, "match")
+			c.Header = val == "" || val == "true" || val == "on" || val == "1" || match
+			if match {
+				c.Basic = false
+			}
 		case "quote":
 			if len(val) == 1 {
 				c.Quote = val[0]
@@ -129,6 +138,7 @@ func (a *Analyzer) AnalyzeCopy(sql string, searchPath []string) (*Copy, *Refusal
 			// Server-side behaviour; the proxy's parsing is unaffected
 			// (FORCE_QUOTE only changes quoting on output, which the proxy
 			// re-encodes anyway).
+			c.Basic = false
 		default:
 			return nil, &Refusal{Code: CodeFeatureNotSupported, Message: fmt.Sprintf("COPY option %s is not supported on encrypted tables", d.Defname)}
 		}
