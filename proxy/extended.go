@@ -396,14 +396,19 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 		s.toServer = append(s.toServer, msg...)
 		return nil
 	}
-	sql, err := s.substituteLiterals(ctx, res)
+	// The Query message is written in place: type, length, text, NUL.
+	start := len(s.toServer)
+	out, err := s.appendSubstituted(ctx, append(s.toServer, 'Q', 0, 0, 0, 0), res)
 	if err != nil {
+		s.toServer = s.toServer[:start]
 		s.refuseErr(err, 'Q')
 		return nil
 	}
+	out = append(out, 0)
+	binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
+	s.toServer = out
 	s.auditWrite(res.Kind, literalColumns(res), 0)
 	s.q.push(expect{kind: 'Q'})
-	s.toServer, _ = (&pgproto3.Query{String: sql}).Encode(s.toServer)
 	return nil
 }
 
@@ -413,13 +418,23 @@ func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (
 	if len(res.Literals) == 0 {
 		return res.SQL, nil
 	}
+	out, err := s.appendSubstituted(ctx, make([]byte, 0, len(res.SQL)+len(res.Literals)*128), res)
+	if err != nil {
+		return "", err
+	}
+	return string(out), nil
+}
+
+// appendSubstituted appends res.SQL with each policy literal's placeholder
+// replaced by its ciphertext literal to dst. On error the returned slice
+// must be discarded.
+func (s *session) appendSubstituted(ctx context.Context, dst []byte, res *rewrite.Result) ([]byte, error) {
 	m := s.srv.cfg.Metrics
-	var start time.Time
-	if m != nil {
-		start = time.Now()
+	if m != nil && len(res.Literals) > 0 {
+		start := time.Now()
 		defer func() { m.Encrypted(len(res.Literals), time.Since(start)) }()
 	}
-	out := make([]byte, 0, len(res.SQL)+len(res.Literals)*128)
+	out := dst
 	prev := 0
 	for _, l := range res.Literals {
 		out = append(out, res.SQL[prev:l.Start]...)
@@ -429,22 +444,22 @@ func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (
 			continue
 		}
 		if l.Use == rewrite.UseCompare {
-			cands, err := s.candidates(ctx, nil, s.es.enc, l.Column, textFormat, []byte(l.Value), 0)
+			cands, err := s.candidates(ctx, s.candBuf[:0], s.es.enc, l.Column, textFormat, []byte(l.Value), 0)
 			if err != nil {
-				return "", err
+				return out, err
 			}
+			s.candBuf = cands
 			out = appendCandidateArrayLiteral(out, cands)
 			continue
 		}
 		env, err := s.encryptValue(ctx, s.envBuf[:0], s.es.enc, l.Column, textFormat, []byte(l.Value))
 		if err != nil {
-			return "", err
+			return out, err
 		}
 		s.envBuf = env
 		out = appendByteaLiteral(out, env)
 	}
-	out = append(out, res.SQL[prev:]...)
-	return string(out), nil
+	return append(out, res.SQL[prev:]...), nil
 }
 
 func literalColumns(res *rewrite.Result) []*policy.Column {

@@ -144,9 +144,9 @@ type session struct {
 	copyIn         *copyStream // client pump: COPY FROM STDIN into a policy table
 	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
-	scratch, envBuf, bindBuf []byte // client pump
-	scratchDec, plainDec     []byte // server pump
-	copyBuf                  []byte // server pump
+	scratch, envBuf, bindBuf, candBuf []byte // client pump
+	scratchDec, plainDec              []byte // server pump
+	copyBuf                           []byte // server pump
 }
 
 func newSession(srv *Server, id uint64, c net.Conn) *session {
