@@ -23,6 +23,7 @@ import (
 type copyMix struct {
 	e           *encSetup
 	mix, twin   string
+	gen         string // a policy table with a generated column
 	conn        *pgx.Conn
 	columnsList string
 }
@@ -32,18 +33,20 @@ const copyMixColumns = "id, i2, i4, b, t, v, c, j, jb, secret, tag"
 func startCopyMix(t *testing.T) *copyMix {
 	t.Helper()
 	e := startEncrypting(t)
-	m := &copyMix{e: e, mix: uniqueName("mix"), twin: uniqueName("mixplain"), columnsList: copyMixColumns}
+	m := &copyMix{e: e, mix: uniqueName("mix"), twin: uniqueName("mixplain"), gen: uniqueName("gen"), columnsList: copyMixColumns}
 	ctx := ctxFor(t, 30*time.Second)
 	const cols = `id int8 PRIMARY KEY, i2 int2, i4 int4, b bool, t text, v varchar(5), c char(3), j json, jb jsonb`
 	for _, sql := range []string{
 		`CREATE TABLE ` + m.mix + ` (` + cols + `, secret bytea, tag bytea)`,
 		`CREATE TABLE ` + m.twin + ` (` + cols + `, secret text, tag text)`,
+		`CREATE TABLE ` + m.gen + ` (id int, twice int GENERATED ALWAYS AS (id * 2) STORED, secret bytea, at numeric)`,
 	} {
 		if err := e.cluster.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
 	}
-	extra := "  public." + m.mix + ":\n    secret: {key: pii, type: text}\n    tag: {key: pii, type: text, mode: deterministic}\n"
+	extra := "  public." + m.mix + ":\n    secret: {key: pii, type: text}\n    tag: {key: pii, type: text, mode: deterministic}\n" +
+		"  public." + m.gen + ":\n    secret: {key: pii, type: text}\n"
 	if err := os.WriteFile(e.policyFile, []byte(policyFor(e.users, extra)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -278,5 +281,43 @@ func TestCopyTextStaysTextForOtherTypes(t *testing.T) {
 	var stored []byte
 	if err := direct.QueryRow(ctx, `SELECT ssn FROM `+e.users+` WHERE id = 1`).Scan(&stored); err != nil || len(stored) == 0 || stored[0] != 0xC1 || strings.Contains(string(stored), "secret-a") {
 		t.Fatalf("stored %x (%v)", stored, err)
+	}
+}
+
+// TestCopyWithoutColumnListSkipsGenerated: COPY t FROM STDIN without a
+// column list means every column but the generated ones, on both the
+// binary and the text path.
+func TestCopyWithoutColumnListSkipsGenerated(t *testing.T) {
+	m := startCopyMix(t)
+	ctx := ctxFor(t, 30*time.Second)
+	// gen has a numeric column: the text path.
+	if _, err := m.conn.PgConn().CopyFrom(ctx, strings.NewReader("1\tsecret-x\t1.5\n"), `COPY `+m.gen+` FROM STDIN`); err != nil {
+		t.Fatalf("text path: %v", err)
+	}
+	// Without the numeric column: the binary path.
+	if err := m.e.cluster.Exec(ctx, `ALTER TABLE `+m.gen+` DROP COLUMN at`); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, m.e.p.DSN(pgtest.UserSCRAM, pgtest.Database))
+	defer conn.Close(ctx)
+	if _, err := conn.PgConn().CopyFrom(ctx, strings.NewReader("2\tsecret-y\n"), `COPY `+m.gen+` FROM STDIN`); err != nil {
+		t.Fatalf("binary path: %v", err)
+	}
+	m.e.p.waitLog(t, 5*time.Second, "binary upstream", func(le logEntry) bool { return le.str("copy_upstream") == "binary" })
+	rows, err := conn.Query(ctx, `SELECT id, twice, secret FROM `+m.gen+` ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var id, twice int
+		var secret string
+		if err := rows.Scan(&id, &twice, &secret); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%d %d %s", id, twice, secret))
+	}
+	if strings.Join(got, ",") != "1 2 secret-x,2 4 secret-y" {
+		t.Fatalf("got %q (%v)", got, rows.Err())
 	}
 }

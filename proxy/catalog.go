@@ -84,7 +84,7 @@ func (c *catalog) lookup(table uint32, attnum uint16) *policy.Column {
 // session's search path.
 func catalogQuery(pol *policy.Policy) string {
 	var b strings.Builder
-	b.WriteString(`SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid FROM pg_catalog.pg_class c ` +
+	b.WriteString(`SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid, a.attgenerated <> '' FROM pg_catalog.pg_class c ` +
 		`JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ` +
 		`JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ` +
 		`WHERE c.relkind IN ('r', 'p', 'f') AND c.relname = ANY (ARRAY[`)
@@ -121,7 +121,7 @@ func (l *catalogLoader) handle(typ byte, msg []byte) (done bool) {
 			l.failed = err
 			return false
 		}
-		if l.result == 0 && len(row.Values) == 6 {
+		if l.result == 0 && len(row.Values) == 7 {
 			oid, err1 := strconv.ParseUint(string(row.Values[0]), 10, 32)
 			attnum, err2 := strconv.ParseInt(string(row.Values[3]), 10, 16)
 			typ, err3 := strconv.ParseUint(string(row.Values[5]), 10, 32)
@@ -132,6 +132,9 @@ func (l *catalogLoader) handle(typ byte, msg []byte) (done bool) {
 			t := l.pol.Table(string(row.Values[1]), string(row.Values[2]), nil)
 			if t != nil {
 				l.cat.tables[t] = true
+			}
+			// COPY without a column list leaves out generated columns.
+			if t != nil && string(row.Values[6]) != "t" {
 				k := [2]string{string(row.Values[1]), string(row.Values[2])}
 				l.cat.tableColumns[k] = append(l.cat.tableColumns[k], string(row.Values[4]))
 				l.cat.tableTypes[k] = append(l.cat.tableTypes[k], uint32(typ))
