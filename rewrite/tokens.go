@@ -39,13 +39,21 @@ func scan(sql string) (*tokens, error) {
 			continue
 		}
 		t.list = append(t.list, tok{st.Start, st.End, st.Token})
-		if isVarConst(st.Token) {
+	}
+	finish(t)
+	return t, nil
+}
+
+// finish computes t.match and t.constants from t.list (shared by scan and
+// lex, so both derive them the same way).
+func finish(t *tokens) {
+	t.match = make([]int32, len(t.list))
+	var buf [32]int32 // nesting depth of most statements: no allocation
+	stack := buf[:0]
+	for i, k := range t.list {
+		if isVarConst(k.kind) {
 			t.constants++
 		}
-	}
-	t.match = make([]int32, len(t.list))
-	var stack []int32
-	for i, k := range t.list {
 		t.match[i] = -1
 		switch k.kind {
 		case pg.Token_ASCII_40, pg.Token_ASCII_91: // ( [
@@ -58,7 +66,6 @@ func scan(sql string) (*tokens, error) {
 			}
 		}
 	}
-	return t, nil
 }
 
 // isVarConst reports the constant tokens whose text may differ between two
@@ -198,4 +205,17 @@ func numberValue(s string) string {
 		}
 	}
 	return strings.ReplaceAll(s, "_", "")
+}
+
+// sameTokens reports whether two token lists are identical.
+func sameTokens(a, b *tokens) bool {
+	if len(a.list) != len(b.list) {
+		return false
+	}
+	for i := range a.list {
+		if a.list[i] != b.list[i] {
+			return false
+		}
+	}
+	return true
 }
