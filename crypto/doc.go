@@ -52,7 +52,7 @@
 //
 //	info label                                   length  used by
 //	"pgcrypt-proxy/v1 randomized XAES-256-GCM"   32      randomized mode
-//	"pgcrypt-proxy/v1 deterministic AES-SIV"     64      deterministic mode (AES-SIV with two 256-bit halves, tink daead/subtle)
+//	"pgcrypt-proxy/v1 deterministic AES-SIV"     64      deterministic mode (AES-SIV: bytes 0–31 K1 for CMAC, 32–63 K2 for CTR)
 //	"pgcrypt-proxy/v1 blind-index HMAC-SHA256"   32      Key.BlindIndex
 //
 // The labels are part of the format. The DEK id is not an input to the
@@ -140,11 +140,21 @@
 //
 // # Deterministic mode: what it leaks
 //
-// Deterministic mode is AES-SIV (RFC 5297 via tink-go daead/subtle, 512-bit
-// key) over AD = header || aad. The SIV is a PRF of (AD, plaintext), so the
-// envelope is a function of (DEK, column, plaintext): equal plaintexts in
-// the same column under the same DEK give byte-identical envelopes, which is
-// what lets `WHERE email = $1` run on ciphertext. Different plaintexts, or
+// Deterministic mode is AES-SIV (RFC 5297, 512-bit key: K1 for S2V's
+// AES-256-CMAC, K2 for AES-256-CTR) with the single associated-data string
+// AD = header || aad. The implementation is ours, RFC 5297 over crypto/aes
+// (siv.go: no allocation per value below 512 bytes, the AES schedules,
+// CMAC subkeys and CMAC(0^128) precomputed per Key, and the S2V state after
+// the AD cached for recent aad values). It is checked against the RFC's
+// examples, Wycheproof's AES-SIV-CMAC vectors and other published ones, and
+// against tink-go's daead/subtle.AESSIV as a test oracle (byte-identical
+// output in differential and fuzz tests); the frozen vectors predate it,
+// since earlier versions called tink directly.
+//
+// The SIV is a PRF of (AD, plaintext), so the envelope is a function of
+// (DEK, column, plaintext): equal plaintexts in the same column under the
+// same DEK give byte-identical envelopes, which is what lets
+// `WHERE email = $1` run on ciphertext. Different plaintexts, or
 // the same plaintext in another column (another aad) or under another DEK,
 // give unrelated envelopes. What leaks is therefore exactly the equality
 // pattern within one column and DEK (and, with it, frequencies: a

@@ -12,8 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-
-	daead "github.com/tink-crypto/tink-go/v2/daead/subtle"
 )
 
 // DEKSize is the size of a data encryption key: 256 bits.
@@ -42,11 +40,11 @@ type material struct {
 	// Derived subkeys, kept for Equal and BlindIndex; the primitives below
 	// hold their own expanded forms.
 	randKey [32]byte
-	sivKey  [daead.AESSIVKeySize]byte
+	sivKey  [sivKeySize]byte
 	biKey   [32]byte
 
 	xaes *xaes
-	siv  *daead.AESSIV
+	siv  *siv
 }
 
 func (material) String() string             { return "REDACTED" }
@@ -79,9 +77,8 @@ func NewKey(id uint32, dek []byte) (*Key, error) {
 	if k.xaes, err = newXAES(k.randKey[:]); err != nil {
 		return nil, fmt.Errorf("crypto: randomized subkey: %w", err)
 	}
-	// AESSIV keeps slices of its key argument; k.sivKey lives as long as k
-	// and is never written again.
-	if k.siv, err = daead.NewAESSIV(k.sivKey[:]); err != nil {
+	// newSIV copies what it needs into its AES key schedules.
+	if k.siv, err = newSIV(k.sivKey[:]); err != nil {
 		return nil, fmt.Errorf("crypto: deterministic subkey: %w", err)
 	}
 	return k, nil
@@ -133,7 +130,9 @@ var _ slog.LogValuer = (*Key)(nil)
 //
 // The envelope is len(plaintext)+Overhead(mode) bytes. With enough spare
 // capacity in dst, ModeRandomized allocates only the per-message AES-GCM
-// state (see doc.go).
+// state (see doc.go), and ModeDeterministic nothing for plaintexts under
+// 512 bytes (one CTR stream from there on; the first use of an aad also
+// fills a cache entry, see siv.go).
 func (k *Key) Encrypt(dst []byte, mode Mode, plaintext, aad []byte, rnd io.Reader) ([]byte, error) {
 	if !mode.Valid() {
 		return nil, fmt.Errorf("%w %d", ErrInvalidMode, uint8(mode))
@@ -162,11 +161,7 @@ func (k *Key) Encrypt(dst []byte, mode Mode, plaintext, aad []byte, rnd io.Reade
 		}
 		k.xaes.seal(s, out[HeaderSize+NonceSize:HeaderSize+NonceSize], nonce, plaintext, s.ad)
 	case ModeDeterministic:
-		ct, err := k.siv.EncryptDeterministically(plaintext, s.ad)
-		if err != nil {
-			return nil, fmt.Errorf("crypto: deterministic encrypt: %w", err)
-		}
-		copy(out[HeaderSize:], ct) // SIV || CTR ciphertext
+		k.siv.seal(out[HeaderSize:HeaderSize], plaintext, s.ad) // SIV || CTR ciphertext
 	}
 	return ret, nil
 }
@@ -196,11 +191,13 @@ func (k *Key) Decrypt(dst []byte, envelope, aad []byte) ([]byte, error) {
 		}
 		return out, nil
 	case ModeDeterministic:
-		pt, err := k.siv.DecryptDeterministically(envelope[HeaderSize:], s.ad)
+		// s.m is SIV's work block here (pooled, so nothing allocates);
+		// openWith wipes it.
+		out, err := k.siv.openWith(s.m[:], dst, envelope[HeaderSize:], s.ad)
 		if err != nil {
 			return nil, &DecryptError{KeyID: k.id, Err: ErrAuth}
 		}
-		return append(dst, pt...), nil
+		return out, nil
 	}
 	panic("BUG: crypto: ParseHeader accepted mode " + h.Mode.String())
 }
@@ -229,7 +226,7 @@ func grow(dst []byte, n int) (whole, tail []byte) {
 // scratch is per-operation working memory, pooled so that the steady state
 // of Encrypt and Decrypt does not allocate it: ad holds header || aad, the
 // associated data given to the AEADs; m and kx are XAES key-derivation
-// buffers, wiped after each use.
+// buffers (m is also AES-SIV's work block in Decrypt), wiped after each use.
 type scratch struct {
 	ad []byte
 	m  [16]byte
