@@ -377,6 +377,9 @@ func TestConcurrent(t *testing.T) {
 }
 
 func TestRandomizedAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under the race detector (sync.Pool drops items at random); make test runs without it")
+	}
 	k := testKey(t, 1, 1)
 	pt, aad := make([]byte, 256), []byte("public.users.ssn")
 	buf := make([]byte, 0, 1024)
