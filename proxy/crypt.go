@@ -203,7 +203,7 @@ func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *p
 	if err != nil {
 		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s", col), cause: err}
 	}
-	key, err := s.srv.cfg.Keys.ByID(ctx, h.KeyID)
+	key, err := s.keyByID(ctx, h.KeyID)
 	if err != nil {
 		return nil, &cryptoError{code: "58000", msg: fmt.Sprintf("cannot decrypt column %s: data key %d is unavailable", col, h.KeyID), cause: err}
 	}
@@ -218,6 +218,23 @@ func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *p
 		return nil, &cryptoError{code: "XX001", msg: fmt.Sprintf("cannot decrypt column %s: the plaintext is not a valid %s", col, col.Type.Name), cause: err}
 	}
 	return out, nil
+}
+
+// keyByID is Keys.ByID remembered for the server pump's current batch of
+// messages (decKeys is emptied before every read from the server), so a
+// result set of many rows asks the keystore once per key and batch rather
+// than once per value; a key destroyed meanwhile is seen at the next batch.
+func (s *session) keyByID(ctx context.Context, id uint32) (*crypto.Key, error) {
+	for _, k := range s.decKeys {
+		if k.ID() == id {
+			return k, nil
+		}
+	}
+	k, err := s.srv.cfg.Keys.ByID(ctx, id)
+	if err == nil && len(s.decKeys) < 8 {
+		s.decKeys = append(s.decKeys, k)
+	}
+	return k, err
 }
 
 func (s *session) kmsFor(col *policy.Column) string {

@@ -91,15 +91,18 @@ func (q *queue) push(e expect) {
 	q.mu.Unlock()
 }
 
-// front returns a copy of the oldest entry, or nil.
-func (q *queue) front() *expect {
+// front copies the oldest entry into dst and returns dst, or nil when the
+// queue is empty. The entry is copied because the client pump may reuse
+// its slot once it is popped; dst is caller storage so that the server
+// pump's per-message lookup does not allocate.
+func (q *queue) front(dst *expect) *expect {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.head == len(q.items) {
 		return nil
 	}
-	e := q.items[q.head]
-	return &e
+	*dst = q.items[q.head]
+	return dst
 }
 
 func (q *queue) pop() {
@@ -121,8 +124,9 @@ func (q *queue) pop() {
 // popUntilSync drops the entries of messages the server skips after an
 // error in an extended-protocol batch: everything before the next Sync.
 func (q *queue) popUntilSync() {
+	var buf expect
 	for {
-		e := q.front()
+		e := q.front(&buf)
 		if e == nil || e.kind == 'S' {
 			return
 		}

@@ -149,6 +149,7 @@ func (s *session) serverPump() error {
 			if err := s.flushClient(); err != nil {
 				return err
 			}
+			s.decKeys = s.decKeys[:0]
 		}
 		typ, msg, err := s.sr.next()
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
 
+	"github.com/pgcrypt/pgcrypt-proxy/crypto"
 	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 )
 
@@ -132,9 +133,12 @@ type session struct {
 	// before the next statement (after a decryption failure).
 	abortPending atomic.Bool
 	// Server pump state.
-	failing        bool     // swallow replies until ReadyForQuery
-	statusOverride byte     // rewrite the next ReadyForQuery's status
-	qplan          *rowPlan // current simple-query result's plan
+	frontBuf       expect        // the expectation being answered (queue.front's copy)
+	decKeys        []*crypto.Key // data keys looked up in the current batch (keyByID)
+	decRows        uint64        // rows decrypted, for sampling their timing
+	failing        bool          // swallow replies until ReadyForQuery
+	statusOverride byte          // rewrite the next ReadyForQuery's status
+	qplan          *rowPlan      // current simple-query result's plan
 	dec            *codec
 	decTZ          string
 	auditKeys      []uint32 // client pump: data keys used since the last audit event
