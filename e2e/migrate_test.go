@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcrypt/pgcrypt-proxy/crypto"
@@ -563,6 +564,23 @@ func TestDEKRotationAndShredding(t *testing.T) {
 	var cnt int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM `+m.table+` WHERE email IN ($1, $2)`, "user78@example.com", "new@example.org").Scan(&cnt); err != nil || cnt != 2 {
 		t.Fatalf("IN across versions: %d %v", cnt, err)
+	}
+	// The same with constants in the simple protocol, where two live
+	// versions make the proxy write = ANY(…) / <> ALL(…) (one version
+	// gives a plain bytea comparison).
+	simple := connect(t, m.p.DSN(pgtest.UserSCRAM, pgtest.Database), withExecMode(pgx.QueryExecModeSimpleProtocol))
+	defer simple.Close(ctx)
+	for q, want := range map[string]int{
+		`SELECT count(*) FROM ` + m.table + ` WHERE email = 'user77@example.com'`:                           1,
+		`SELECT count(*) FROM ` + m.table + ` WHERE 'new@example.org' = email`:                              1,
+		`SELECT count(*) FROM ` + m.table + ` WHERE email <> 'new@example.org'`:                             n,
+		`SELECT count(*) FROM ` + m.table + ` WHERE email IN ('user78@example.com', 'new@example.org')`:     2,
+		`SELECT count(*) FROM ` + m.table + ` WHERE email NOT IN ('user78@example.com', 'new@example.org')`: n - 1,
+		`SELECT count(*) FROM ` + m.table + ` WHERE email = NULL`:                                           0,
+	} {
+		if err := simple.QueryRow(ctx, q).Scan(&cnt); err != nil || cnt != want {
+			t.Fatalf("%s: %d %v, want %d", q, cnt, err, want)
+		}
 	}
 
 	// v1 still holds the old rows: destroy-dek refuses and says where.

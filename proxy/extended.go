@@ -453,7 +453,19 @@ func (s *session) appendSubstituted(ctx context.Context, dst []byte, res *rewrit
 				return out, err
 			}
 			s.candBuf = cands
-			out = appendCandidateArrayLiteral(out, cands)
+			switch {
+			case l.Quant == "":
+				out = appendCandidateArrayLiteral(out, cands)
+			case binary.BigEndian.Uint32(cands[12:]) == 1:
+				// One candidate: col = '\x…'::bytea, which PostgreSQL plans
+				// and runs faster than col = ANY(ARRAY[…]).
+				out = appendByteaLiteral(out, cands[24:])
+			default:
+				out = append(out, l.Quant...)
+				out = append(out, '(')
+				out = appendCandidateArrayLiteral(out, cands)
+				out = append(out, ')')
+			}
 			continue
 		}
 		env, err := s.encryptValue(ctx, s.envBuf[:0], s.es.enc, l.Column, textFormat, []byte(l.Value))

@@ -29,11 +29,14 @@
 //     Result.SQL (byte offsets into Result.SQL, in increasing order; apply
 //     them from last to first, or keep a running offset) by a ciphertext
 //     literal: a bytea literal for UseStore ('\x…'::bytea), a bytea[]
-//     literal for UseCompare ('{"\\x…","\\x…"}'::bytea[]). The span holds
+//     literal for UseCompare ('{"\\x…","\\x…"}'::bytea[]); a UseCompare
+//     literal with Quant set is written as Quant(bytea[] literal), or as a
+//     plain bytea literal when there is a single candidate. The span holds
 //     Placeholder ("$0"), a parameter no statement can have, so text that
 //     escaped the replacement fails at the server instead of storing
 //     anything. A Null literal's span already holds a NULL ("NULL", or
-//     "NULL::bytea[]" for a comparison) and may be left as it is. Value is
+//     "NULL::bytea[]" for a comparison, "ANY(NULL::bytea[])" with Quant)
+//     and may be left as it is. Value is
 //     the constant as PostgreSQL would read it; the proxy encodes it in
 //     the column's declared type. These forms assume
 //     standard_conforming_strings = on (the default since 9.1 and what
@@ -65,7 +68,8 @@
 // matches under any data-key version:
 //
 //	col = $1              → col = ANY($1::bytea[])
-//	col <> 'x'            → col <> ALL($0)
+//	col = 'x'             → col = $0      (Literal.Quant "ANY")
+//	col <> 'x'            → col <> $0     (Literal.Quant "ALL")
 //	$1 = col              → col = ANY($1::bytea[])
 //	col IN ($1, 'x')      → (col = ANY($1::bytea[] || $0))
 //	col NOT IN ($1, $2)   → (col <> ALL($1::bytea[] || $2::bytea[]))

@@ -195,9 +195,17 @@ func (an *analysis) compare(e *pg.A_Expr, op string, sc *scope, why string) {
 	}
 	opIdx := an.toks.at(e.Location)
 	vs, ve := an.operandSpan(other, opIdx)
-	parts := []part{{text: quant + "(", lit: -1}}
-	parts = append(parts, an.compareParts(col, v)...)
-	parts = append(parts, part{text: ")", lit: -1})
+	var parts []part
+	if v.param > 0 {
+		parts = []part{{text: quant + "(", lit: -1}}
+		parts = append(parts, an.compareParts(col, v)...)
+		parts = append(parts, part{text: ")", lit: -1})
+	} else {
+		// A constant: the proxy writes the quantifier (Literal.Quant).
+		i := an.literal(col, v, UseCompare)
+		an.lits[i].quant = quant
+		parts = []part{{lit: i}}
+	}
 	if colSide == e.Lexpr {
 		an.edit(vs, ve, parts)
 		return

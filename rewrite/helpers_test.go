@@ -40,10 +40,14 @@ func spliced(r *Result) string {
 	cur := 0
 	for _, l := range r.Literals {
 		b.WriteString(r.SQL[cur:l.Start])
+		use := l.Use.String()
+		if l.Quant != "" {
+			use += " " + l.Quant
+		}
 		if l.Null {
-			fmt.Fprintf(&b, "<NULL %s %s>", l.Column.Name, l.Use)
+			fmt.Fprintf(&b, "<NULL %s %s>", l.Column.Name, use)
 		} else {
-			fmt.Fprintf(&b, "<%s %s %q>", l.Column.Name, l.Use, l.Value)
+			fmt.Fprintf(&b, "<%s %s %q>", l.Column.Name, use, l.Value)
 		}
 		cur = l.End
 	}

@@ -109,6 +109,15 @@ type Literal struct {
 	Null   bool
 	Column *policy.Column
 	Use    Use
+	// Quant, on a UseCompare literal of col = 'x' or col <> 'x', is the
+	// quantifier the proxy writes around the candidates: "ANY" (for =) or
+	// "ALL" (for <>). The statement holds "col = <placeholder>", so the
+	// proxy writes ANY(ARRAY[…]::bytea[]) for several candidates and a
+	// plain bytea literal for one, which PostgreSQL plans and runs faster
+	// (about 8% of a simple-protocol lookup). A NULL's span holds
+	// "ANY(NULL::bytea[])" already. Empty for the elements of an IN list,
+	// which stay bytea[] operands of ||.
+	Quant string
 }
 
 // Refusal is a statement the proxy must refuse. Messages never contain

@@ -40,7 +40,7 @@ func TestAnalyzeRewrites(t *testing.T) {
 		{"update single", "UPDATE users SET ssn = $1 WHERE id = $2", nil,
 			"UPDATE users SET ssn = $1 WHERE id = $2", "$1=ssn/store $2=-", "update"},
 		{"update multi", "UPDATE users SET (ssn, email) = ($1, 'x') WHERE email <> 'y' RETURNING ssn", nil,
-			"UPDATE users SET (ssn, email) = ($1, <email store \"x\">) WHERE email <> ALL(<email compare \"y\">) RETURNING ssn", "$1=ssn/store", "update"},
+			"UPDATE users SET (ssn, email) = ($1, <email store \"x\">) WHERE email <> <email compare ALL \"y\"> RETURNING ssn", "$1=ssn/store", "update"},
 		{"update from same column", "UPDATE users u SET ssn = o.ssn FROM users o WHERE o.id = $1 AND u.id = $2", nil,
 			"UPDATE users u SET ssn = o.ssn FROM users o WHERE o.id = $1 AND u.id = $2", "$1=- $2=-", "update"},
 		{"select eq param", "SELECT id, ssn FROM users WHERE email = $1", nil,
@@ -48,9 +48,9 @@ func TestAnalyzeRewrites(t *testing.T) {
 		{"select eq reversed parens", "SELECT id FROM users u WHERE ($1) = (u.email)", nil,
 			"SELECT id FROM users u WHERE (u.email) = ANY($1::bytea[])", "$1=email/compare", "select"},
 		{"select ne literal", "SELECT 1 FROM users WHERE email != 'a'", nil,
-			"SELECT 1 FROM users WHERE email != ALL(<email compare \"a\">)", "", "select"},
+			"SELECT 1 FROM users WHERE email != <email compare ALL \"a\">", "", "select"},
 		{"select eq cast", "SELECT id FROM users WHERE email = $1::text AND dob = '2001-02-03'::date", nil,
-			"SELECT id FROM users WHERE email = ANY($1::bytea[]) AND dob = ANY(<dob compare \"2001-02-03\">)", "$1=email/compare", "select"},
+			"SELECT id FROM users WHERE email = ANY($1::bytea[]) AND dob = <dob compare ANY \"2001-02-03\">", "$1=email/compare", "select"},
 		{"select in", "SELECT id FROM users WHERE age IN (1, -2, $1::int4)", nil,
 			"SELECT id FROM users WHERE (age = ANY(<age compare \"1\"> || <age compare \"-2\"> || $1::bytea[]))", "$1=age/compare", "select"},
 		{"select not in", "SELECT id FROM users WHERE email NOT IN ($1, $2)", nil,
@@ -58,7 +58,7 @@ func TestAnalyzeRewrites(t *testing.T) {
 		{"in precedence", "SELECT id FROM users WHERE true = (email) IN ('a')", nil,
 			"SELECT id FROM users WHERE true = ((email) = ANY(<email compare \"a\">))", "", "select"},
 		{"null literal compare", "SELECT id FROM users WHERE email = NULL", nil,
-			"SELECT id FROM users WHERE email = ANY(<NULL email compare>)", "", "select"},
+			"SELECT id FROM users WHERE email = <NULL email compare ANY>", "", "select"},
 		{"is null any column", "SELECT id FROM users WHERE ssn IS NULL OR email IS NOT NULL", nil,
 			"SELECT id FROM users WHERE ssn IS NULL OR email IS NOT NULL", "", "select"},
 		{"param twice same column", "SELECT id FROM users WHERE email = $1 OR email = $1", nil,
@@ -77,21 +77,21 @@ func TestAnalyzeRewrites(t *testing.T) {
 		{"data modifying cte", "WITH x AS (INSERT INTO users(ssn) VALUES ($1) RETURNING id, ssn) SELECT id, ssn FROM x", nil,
 			"WITH x AS (INSERT INTO users(ssn) VALUES ($1) RETURNING id, ssn) SELECT id, ssn FROM x", "$1=ssn/store", "select"},
 		{"cte compare", "WITH x AS (SELECT email FROM users) SELECT * FROM x WHERE email = 'e'", nil,
-			"WITH x AS (SELECT email FROM users) SELECT * FROM x WHERE email = ANY(<email compare \"e\">)", "", "select"},
+			"WITH x AS (SELECT email FROM users) SELECT * FROM x WHERE email = <email compare ANY \"e\">", "", "select"},
 		{"unqualified policy table", "SELECT 1 FROM accounts WHERE iban = $1", []string{"tenant"},
 			"SELECT 1 FROM accounts WHERE iban = ANY($1::bytea[])", "$1=iban/compare", "select"},
 		{"search path resolves schema", "SELECT token FROM secrets WHERE token = $1", []string{"app", "public"},
 			"SELECT token FROM secrets WHERE token = ANY($1::bytea[])", "$1=token/compare", "select"},
 		{"multi statement spans", "INSERT INTO users(ssn) VALUES ('a'); SELECT 1; UPDATE users SET email = 'b' WHERE email = 'c'", nil,
-			"INSERT INTO users(ssn) VALUES (<ssn store \"a\">); SELECT 1; UPDATE users SET email = <email store \"b\"> WHERE email = ANY(<email compare \"c\">)", "", "insert"},
+			"INSERT INTO users(ssn) VALUES (<ssn store \"a\">); SELECT 1; UPDATE users SET email = <email store \"b\"> WHERE email = <email compare ANY \"c\">", "", "insert"},
 		{"set search path then use", "SET search_path TO app; SELECT token FROM secrets WHERE token = 'abc'", nil,
-			"SET search_path TO app; SELECT token FROM secrets WHERE token = ANY(<token compare \"abc\">)", "", "set"},
+			"SET search_path TO app; SELECT token FROM secrets WHERE token = <token compare ANY \"abc\">", "", "set"},
 		{"comments kept", "/* trace=1 */ SELECT 1 FROM users WHERE email = -- c\n 'x'", nil,
-			"/* trace=1 */ SELECT 1 FROM users WHERE email = -- c\n ANY(<email compare \"x\">)", "", "select"},
+			"/* trace=1 */ SELECT 1 FROM users WHERE email = -- c\n <email compare ANY \"x\">", "", "select"},
 		{"non-lateral sibling is not an outer scope", "SELECT u.ssn FROM users u, (SELECT id FROM orders WHERE email = 'x') o", nil,
 			"SELECT u.ssn FROM users u, (SELECT id FROM orders WHERE email = 'x') o", "", "select"},
 		{"explain", "EXPLAIN SELECT 1 FROM users WHERE email = 'x'", nil,
-			"EXPLAIN SELECT 1 FROM users WHERE email = ANY(<email compare \"x\">)", "", "explain"},
+			"EXPLAIN SELECT 1 FROM users WHERE email = <email compare ANY \"x\">", "", "explain"},
 		{"ddl", "ALTER TABLE users ADD COLUMN phone bytea", nil, "ALTER TABLE users ADD COLUMN phone bytea", "", "ddl"},
 	}
 	for _, tt := range tests {
@@ -129,6 +129,9 @@ func (l Literal) placeholder() string {
 		return Placeholder
 	}
 	if l.Use == UseCompare {
+		if l.Quant != "" {
+			return l.Quant + "(NULL::bytea[])"
+		}
 		return "NULL::bytea[]"
 	}
 	return "NULL"

@@ -54,6 +54,7 @@ type litPlan struct {
 	col    *policy.Column
 	use    Use
 	parsed string // the parser's value, for the statement the template came from
+	quant  string // Literal.Quant
 }
 
 func (l *litPlan) placeholder() string {
@@ -61,6 +62,9 @@ func (l *litPlan) placeholder() string {
 		return Placeholder
 	}
 	if l.use == UseCompare {
+		if l.quant != "" {
+			return l.quant + "(NULL::bytea[])"
+		}
 		return "NULL::bytea[]"
 	}
 	return "NULL"
@@ -120,7 +124,7 @@ func (tp *template) render(sql string, t *tokens, values []string) (out string, 
 			}
 			start := b.Len()
 			b.WriteString(l.placeholder())
-			lits = append(lits, Literal{Start: start, End: b.Len(), Value: v, Null: l.kind == litNull, Column: l.col, Use: l.use})
+			lits = append(lits, Literal{Start: start, End: b.Len(), Value: v, Null: l.kind == litNull, Column: l.col, Use: l.use, Quant: l.quant})
 		}
 		cur = int(t.list[e.to-1].end)
 	}
