@@ -47,6 +47,7 @@ type rowDescCache struct {
 	raw, out       []byte
 	client, server []int16
 	plan           *rowPlan
+	cat            *catalog // simple protocol (session.qrd): the catalog the plan was made with
 }
 
 func (st *stmtInfo) touches() bool { return st != nil && st.res != nil && st.res.Touches }

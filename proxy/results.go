@@ -205,14 +205,25 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 			}
 		case 'Q':
 			s.qplan = nil
-			if rowDescHasPolicy(msg, s.cat.Load()) {
+			cat := s.cat.Load()
+			// A simple-protocol statement run again describes its result
+			// with the same bytes: reuse the plan and the rewritten
+			// message while the catalog is the same.
+			if c := s.qrd; c != nil && c.cat == cat && bytes.Equal(c.raw, msg) {
+				s.qplan = c.plan
+				s.toClient = append(s.toClient, c.out...)
+				return nil
+			}
+			if rowDescHasPolicy(msg, cat) {
 				var rd pgproto3.RowDescription
 				if err := rd.Decode(msg[5:]); err != nil {
 					return err
 				}
 				s.qplan = s.planFor(rd.Fields, nil, false)
 				s.rewriteRowDesc(&rd, nil)
+				start := len(s.toClient)
 				s.toClient, _ = rd.Encode(s.toClient)
+				s.qrd = &rowDescCache{raw: append([]byte(nil), msg...), out: append([]byte(nil), s.toClient[start:]...), plan: s.qplan, cat: cat}
 				return nil
 			}
 		}

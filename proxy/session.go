@@ -139,6 +139,7 @@ type session struct {
 	failing        bool          // swallow replies until ReadyForQuery
 	statusOverride byte          // rewrite the next ReadyForQuery's status
 	qplan          *rowPlan      // current simple-query result's plan
+	qrd            *rowDescCache // the last simple-query RowDescription with policy columns
 	dec            *codec
 	decTZ          string
 	auditKeys      []uint32 // client pump: data keys used since the last audit event
