@@ -582,33 +582,37 @@ func sameTextFamily(a, b uint32) bool {
 }
 
 // cstrings reads the leading NUL-terminated strings of a message body.
-func cstrings(body []byte, n int) ([]string, bool) {
-	out := make([]string, 0, n)
+// cstrings splits the first n NUL-terminated strings off body, as
+// sub-slices (no allocation: map lookups with string(b) do not copy).
+func cstrings(dst [][]byte, body []byte, n int) ([][]byte, bool) {
 	for i := 0; i < n; i++ {
 		j := bytes.IndexByte(body, 0)
 		if j < 0 {
 			return nil, false
 		}
-		out = append(out, string(body[:j]))
+		dst = append(dst, body[:j])
 		body = body[j+1:]
 	}
-	return out, true
+	return dst, true
 }
 
 func (s *session) onBind(ctx context.Context, msg []byte) error {
 	s.es.inBatch = true
-	names, ok := cstrings(msg[5:], 2)
+	var nameBuf [2][]byte
+	names, ok := cstrings(nameBuf[:0], msg[5:], 2)
 	if !ok {
 		return errors.New("malformed Bind message")
 	}
-	portal, stmtName := names[0], names[1]
-	st := s.es.stmts[stmtName]
+	st := s.es.stmts[string(names[1])]
 	if !st.touches() {
-		delete(s.es.portals, portal)
+		if len(s.es.portals) > 0 {
+			delete(s.es.portals, string(names[0]))
+		}
 		s.q.push(expect{kind: 'B'})
 		s.toServer = append(s.toServer, msg...)
 		return nil
 	}
+	portal := string(names[0])
 	var b pgproto3.Bind
 	if err := b.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Bind message: %w", err)
@@ -770,11 +774,12 @@ func (s *session) onDescribe(msg []byte) error {
 
 func (s *session) onExecute(msg []byte) error {
 	s.es.inBatch = true
-	names, ok := cstrings(msg[5:], 1)
+	var nameBuf [1][]byte
+	names, ok := cstrings(nameBuf[:0], msg[5:], 1)
 	if !ok {
 		return errors.New("malformed Execute message")
 	}
-	pi := s.es.portals[names[0]]
+	pi := s.es.portals[string(names[0])]
 	if pi != nil {
 		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
 	} else {
@@ -784,7 +789,7 @@ func (s *session) onExecute(msg []byte) error {
 		// The proxy must know the result columns to decrypt them: ask,
 		// and keep the answer from the client, which did not ask.
 		pi.describing = true
-		s.toServer, _ = (&pgproto3.Describe{ObjectType: 'P', Name: names[0]}).Encode(s.toServer)
+		s.toServer, _ = (&pgproto3.Describe{ObjectType: 'P', Name: string(names[0])}).Encode(s.toServer)
 		s.q.push(expect{kind: 'D', swallow: true, portal: pi})
 	}
 	s.q.push(expect{kind: 'E', portal: pi})
