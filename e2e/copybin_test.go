@@ -321,3 +321,29 @@ func TestCopyWithoutColumnListSkipsGenerated(t *testing.T) {
 		t.Fatalf("got %q (%v)", got, rows.Err())
 	}
 }
+
+// TestCopyCountsValuesInMetrics: values encrypted by COPY FROM and
+// decrypted by COPY TO count in pgcrypt_values_{en,de}crypted_total.
+func TestCopyCountsValuesInMetrics(t *testing.T) {
+	e := startEncrypting(t)
+	ctx := ctxFor(t, 30*time.Second)
+	conn := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database))
+	defer conn.Close(ctx)
+	before := scrape(t, e.p)
+	if _, err := conn.PgConn().CopyFrom(ctx, strings.NewReader("1\ta\ta@x\n2\t\\N\tb@x\n3\tc\tc@x\n"), `COPY `+e.users+` (id, ssn, email) FROM STDIN`); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if _, err := conn.PgConn().CopyTo(ctx, &out, `COPY `+e.users+` (id, ssn, email) TO STDOUT`); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "1\ta\ta@x\n2\t\\N\tb@x\n3\tc\tc@x\n" {
+		t.Fatalf("COPY TO: %q", out.String())
+	}
+	after := scrape(t, e.p)
+	for name, want := range map[string]float64{`pgcrypt_values_encrypted_total`: 5, `pgcrypt_values_decrypted_total`: 5} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("%s grew by %v, want %v", name, got, want)
+		}
+	}
+}

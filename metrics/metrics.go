@@ -488,6 +488,15 @@ func (m *Metrics) Encrypted(n int, d time.Duration) {
 	m.encSeconds.Observe(d.Seconds() / float64(n))
 }
 
+// EncryptedUntimed counts n values encrypted without timing them (COPY,
+// where parsing and encrypting interleave row by row).
+func (m *Metrics) EncryptedUntimed(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.encValues.Add(float64(n))
+}
+
 // Decrypted records n values decrypted in d; see Encrypted.
 // DecryptedUntimed counts n values decrypted without timing them (the
 // proxy times a sample of rows; see Decrypted).

@@ -48,6 +48,7 @@ type copyStream struct {
 	fields         [][]byte      // the current row's raw fields
 	val            []byte        // an unescaped field
 	keys           []*crypto.Key // current data key per policy field, per batch
+	values         int           // policy values encrypted or decrypted, for the metrics
 	eolKnown, crlf bool          // the line ending, from the first line
 }
 
@@ -265,6 +266,7 @@ func (s *session) copyTextFields(ctx context.Context, c *codec, cs *copyStream, 
 		if err != nil {
 			return &copyError{row: cs.row, msg: fmt.Sprintf("column %s: %v", col.Name, err)}
 		}
+		cs.values++
 		if cs.from {
 			env, err := s.encryptWith(s.envBuf[:0], cs.keys[f], c, col, textFormat, val)
 			if err != nil {
@@ -545,6 +547,7 @@ func (s *session) copyBinaryRow(ctx context.Context, c *codec, cs *copyStream) (
 		}
 		val := b[p : p+l]
 		p += l
+		cs.values++
 		lenAt := len(cs.out)
 		cs.out = append(cs.out, 0, 0, 0, 0)
 		var err error
@@ -611,6 +614,7 @@ func (s *session) onCopyIn(ctx context.Context, typ byte, msg []byte) {
 		s.toServer = appendCopyData(s.toServer, cs.out)
 		s.toServer = append(s.toServer, msg...)
 		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
+		s.srv.cfg.Metrics.EncryptedUntimed(cs.values)
 		var cols []*policy.Column
 		for _, c := range cs.cols {
 			if c != nil {
@@ -675,6 +679,7 @@ func (s *session) onCopyOut(ctx context.Context, typ byte, msg []byte) error {
 		}
 		s.toClient = appendCopyData(s.toClient, cs.out)
 		s.toClient = append(s.toClient, msg...)
+		s.srv.cfg.Metrics.DecryptedUntimed(cs.values)
 	}
 	return nil
 }

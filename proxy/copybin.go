@@ -226,6 +226,7 @@ func (s *session) binaryTuple(c *codec, cs *copyStream, line []byte) error {
 		var err error
 		switch conv := cs.conv[f]; conv {
 		case convPolicy:
+			cs.values++
 			col := cs.cols[f]
 			out, err := s.encryptWith(cs.out, cs.keys[f], c, col, textFormat, val)
 			if err != nil {
