@@ -129,15 +129,20 @@ func rowEnd(b []byte, c *rewrite.Copy) int {
 	if c.Format != "csv" {
 		return bytes.IndexByte(b, '\n')
 	}
+	return csvUnquoted(b, c, '\n')
+}
+
+// csvUnquoted is the index of the first ch outside CSV quotes in b, or -1.
+func csvUnquoted(b []byte, c *rewrite.Copy, ch byte) int {
 	inQuote := false
 	for i := 0; i < len(b); i++ {
-		ch := b[i]
+		x := b[i]
 		switch {
-		case inQuote && ch == c.Escape && c.Escape != c.Quote && i+1 < len(b) && (b[i+1] == c.Quote || b[i+1] == c.Escape):
+		case inQuote && x == c.Escape && c.Escape != c.Quote && i+1 < len(b) && (b[i+1] == c.Quote || b[i+1] == c.Escape):
 			i++
-		case ch == c.Quote:
+		case x == c.Quote:
 			inQuote = !inQuote
-		case ch == '\n' && !inQuote:
+		case x == ch && !inQuote:
 			return i
 		}
 	}

@@ -302,19 +302,7 @@ func strayCR(line []byte, c *rewrite.Copy) bool {
 		}
 		return false
 	}
-	inQuote := false
-	for i := 0; i < len(line); i++ {
-		ch := line[i]
-		switch {
-		case inQuote && ch == c.Escape && c.Escape != c.Quote && i+1 < len(line) && (line[i+1] == c.Quote || line[i+1] == c.Escape):
-			i++
-		case ch == c.Quote:
-			inQuote = !inQuote
-		case ch == '\r' && !inQuote:
-			return true
-		}
-	}
-	return false
+	return csvUnquoted(line, c, '\r') >= 0
 }
 
 // needsUnescape reports whether a raw field differs from its value.
