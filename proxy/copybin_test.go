@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"testing"
 
+	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
 )
 
@@ -116,4 +120,92 @@ func TestNextTextRow(t *testing.T) {
 			t.Errorf("nextTextRow(%q, end=%v) = %q, %d, %q, %v, %v", c.in, c.end, line, consumed, nl, eod, err)
 		}
 	}
+}
+
+// FuzzCopyText feeds arbitrary text and CSV COPY data to the text-to-binary
+// row reader (columns int4, text, bool; no policy column, so no keys are
+// needed). It must never panic; the result must not depend on how the data
+// is chunked; and what it accepts must be a well-formed binary COPY body.
+func FuzzCopyText(f *testing.F) {
+	f.Add([]byte("1\tabc\tt\n2\t\\N\tf\n\\.\n"), false, uint8(1))
+	f.Add([]byte("1\ta\\tb\\x41\\101\\\\\ttrue\r\n2\tb\\.\r\n"), false, uint8(2))
+	f.Add([]byte("1,\"a,b\",true\n2,,\n3,\"multi\nline\",off\n"), true, uint8(3))
+	f.Add([]byte("x\\.y\n"), false, uint8(2))
+	f.Add([]byte(" 0x1F \t_\t o\n-2147483648\t\\\n\tyes"), false, uint8(5))
+	f.Add([]byte("1,\"\"\"\",\"\"\n\\.\n"), true, uint8(4))
+	f.Fuzz(func(t *testing.T, data []byte, csv bool, chunk uint8) {
+		run := func(step int) ([]byte, error) {
+			c := &rewrite.Copy{Format: "text", Delimiter: '\t', Null: `\N`, From: true, Basic: true}
+			if csv {
+				c.Format, c.Delimiter, c.Null, c.Quote, c.Escape = "csv", ',', "", '"', '"'
+			}
+			cs := &copyStream{c: c, cols: make([]*policy.Column, 3), from: true, conv: []binConv{convInt4, convText, convBool}}
+			s := &session{}
+			s.serverMajor.Store(16)
+			ctx := context.Background()
+			var out []byte
+			for i := 0; i < len(data); i += step {
+				if err := s.copyFeed(ctx, cs, data[i:min(i+step, len(data))], false); err != nil {
+					return nil, err
+				}
+				out, cs.out = append(out, cs.out...), cs.out[:0]
+			}
+			if err := s.copyFeed(ctx, cs, nil, true); err != nil {
+				return nil, err
+			}
+			out = append(out, cs.out...)
+			if !cs.done {
+				out = append(out, 0xff, 0xff)
+			}
+			return out, nil
+		}
+		whole, err1 := run(len(data) + 1)
+		pieces, err2 := run(int(chunk)%7 + 1)
+		if (err1 == nil) != (err2 == nil) {
+			t.Fatalf("whole: %v, in pieces of %d: %v", err1, int(chunk)%7+1, err2)
+		}
+		if err1 != nil {
+			return
+		}
+		if !bytes.Equal(whole, pieces) {
+			t.Fatalf("output depends on chunking:\n%x\n%x", whole, pieces)
+		}
+		p := whole
+		for {
+			if len(p) < 2 {
+				t.Fatalf("truncated stream: %x", whole)
+			}
+			n := int16(binary.BigEndian.Uint16(p))
+			p = p[2:]
+			if n == -1 {
+				break
+			}
+			if n != 3 {
+				t.Fatalf("tuple of %d fields", n)
+			}
+			for f := 0; f < 3; f++ {
+				if len(p) < 4 {
+					t.Fatalf("truncated field")
+				}
+				l := int32(binary.BigEndian.Uint32(p))
+				p = p[4:]
+				if l == -1 {
+					continue
+				}
+				if l < 0 || int(l) > len(p) {
+					t.Fatalf("field length %d", l)
+				}
+				switch {
+				case f == 0 && l != 4, f == 2 && (l != 1 || p[0] > 1):
+					t.Fatalf("field %d: %x", f, p[:l])
+				case f == 1 && (bytes.IndexByte(p[:l], 0) >= 0):
+					t.Fatalf("NUL in a text field")
+				}
+				p = p[l:]
+			}
+		}
+		if len(p) != 0 {
+			t.Fatalf("bytes after the trailer: %x", p)
+		}
+	})
 }
