@@ -573,3 +573,76 @@ func TestVarcharParameterIntoTextColumn(t *testing.T) {
 	expectSeq(t, "varchar parameters", got, "1", "2", "C INSERT 0 1", "Z I")
 	e.assertNoPlaintext(t, 1, "vc-ssn", "vc@x")
 }
+
+// TestConstantsInPreparedStatementsEncryptAtBind: a policy constant in the
+// text of an extended-protocol statement becomes a parameter of the
+// proxy's own, encrypted at every Bind under the keys current then (not
+// once at Parse, which would keep a rotated-out key in use). The client
+// sees only its own parameters.
+func TestConstantsInPreparedStatementsEncryptAtBind(t *testing.T) {
+	e := startEncrypting(t)
+	ctx := ctxFor(t, 30*time.Second)
+	conn := connect(t, e.p.DSN(pgtest.UserSCRAM, pgtest.Database), withExecMode(pgx.QueryExecModeCacheStatement))
+	defer conn.Close(ctx)
+	for i := 1; i <= 3; i++ {
+		if _, err := conn.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn, email, age) VALUES ($1, 'const-ssn', 'const@x', 42)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+e.users+` (id, ssn, email) VALUES (4, $1, 'other@x')`, "param-ssn"); err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]int{
+		`SELECT count(*) FROM ` + e.users + ` WHERE email = 'const@x'`:               3,
+		`SELECT count(*) FROM ` + e.users + ` WHERE email <> 'const@x'`:              1,
+		`SELECT count(*) FROM ` + e.users + ` WHERE email IN ('const@x', 'other@x')`: 4,
+		`SELECT count(*) FROM ` + e.users + ` WHERE id <= 3 AND ssn IS NOT NULL`:     3,
+		`SELECT count(*) FROM ` + e.users + ` WHERE email = NULL`:                    0,
+		`SELECT count(*) FROM ` + e.users + ` WHERE email = 'nobody@x' OR id = 4`:    1,
+	} {
+		var n int
+		// Twice: the second run reuses the prepared statement.
+		for k := 0; k < 2; k++ {
+			if err := conn.QueryRow(ctx, q).Scan(&n); err != nil || n != want {
+				t.Fatalf("%s: %d %v, want %d", q, n, err, want)
+			}
+		}
+	}
+	var ssn, email string
+	if err := conn.QueryRow(ctx, `SELECT ssn, email FROM `+e.users+` WHERE id = $1 AND email = 'const@x'`, 2).Scan(&ssn, &email); err != nil || ssn != "const-ssn" || email != "const@x" {
+		t.Fatalf("read back %q %q %v", ssn, email, err)
+	}
+	// What the server prepared holds parameters, never a ciphertext.
+	rows, err := conn.Query(ctx, `SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%const@x%' OR statement LIKE '%$%::bytea%'`, pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stmts []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		stmts = append(stmts, s)
+	}
+	if rows.Err() != nil || len(stmts) < 5 {
+		t.Fatalf("prepared statements: %q %v", stmts, rows.Err())
+	}
+	for _, s := range stmts {
+		if strings.Contains(s, `\x`) || strings.Contains(s, "const") || strings.Contains(s, "other@x") {
+			t.Fatalf("a prepared statement holds a value: %s", s)
+		}
+	}
+	for i := 1; i <= 4; i++ {
+		e.assertNoPlaintext(t, i, "const-ssn", "const@x", "other@x", "param-ssn")
+	}
+
+	// A Bind with another parameter count is refused as the server would.
+	w := e.wire(t)
+	got := w.send(1,
+		&pgproto3.Parse{Name: "s1", Query: `SELECT id FROM ` + e.users + ` WHERE email = 'const@x' AND id > $1`},
+		&pgproto3.Bind{PreparedStatement: "s1"},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "wrong count", got, "1", "E 08P01", "Z I")
+}

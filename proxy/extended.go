@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,13 @@ import (
 // stmtInfo is a prepared statement as the proxy knows it.
 type stmtInfo struct {
 	res *rewrite.Result // nil: the statement touches no policy table
+	// hidden are the statement's policy constants, which the proxy turned
+	// into parameters after the client's (numbered from nClient+1) so
+	// that every Bind encrypts them under the data keys current then: a
+	// constant encrypted once at Parse would keep a rotated-out key in use
+	// for as long as the statement lives. The client never sees them.
+	hidden  []rewrite.Literal
+	nClient int
 	// describing is set by the client pump once a Describe of the
 	// statement has been sent, so its RowDescription reaches the server
 	// pump before any Execute of a portal made from it.
@@ -417,17 +425,36 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 	return nil
 }
 
-// substituteLiterals replaces each policy literal's placeholder with its
-// ciphertext literal.
-func (s *session) substituteLiterals(ctx context.Context, res *rewrite.Result) (string, error) {
-	if len(res.Literals) == 0 {
-		return res.SQL, nil
+// hideLiterals turns the policy constants of a Parse into parameters
+// numbered after the client's (see stmtInfo.hidden) and returns the SQL to
+// prepare and the parameter types.
+func hideLiterals(st *stmtInfo, res *rewrite.Result, oids []uint32) (string, []uint32) {
+	st.nClient = len(oids)
+	var b strings.Builder
+	prev := 0
+	for _, l := range res.Literals {
+		b.WriteString(res.SQL[prev:l.Start])
+		prev = l.End
+		if l.Null {
+			b.WriteString(res.SQL[l.Start:l.End])
+			continue
+		}
+		st.hidden = append(st.hidden, l)
+		n := strconv.Itoa(st.nClient + len(st.hidden))
+		switch {
+		case l.Use == rewrite.UseStore:
+			oids = append(oids, byteaOID)
+			b.WriteString("$" + n + "::bytea")
+		case l.Quant != "":
+			oids = append(oids, byteaArrayOID)
+			b.WriteString(l.Quant + "($" + n + "::bytea[])")
+		default:
+			oids = append(oids, byteaArrayOID)
+			b.WriteString("$" + n + "::bytea[]")
+		}
 	}
-	out, err := s.appendSubstituted(ctx, make([]byte, 0, len(res.SQL)+len(res.Literals)*128), res)
-	if err != nil {
-		return "", err
-	}
-	return string(out), nil
+	b.WriteString(res.SQL[prev:])
+	return b.String(), oids
 }
 
 // appendSubstituted appends res.SQL with each policy literal's placeholder
@@ -551,11 +578,9 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 			oids[i] = byteaOID
 		}
 	}
-	sql, err := s.substituteLiterals(ctx, res)
-	if err != nil {
-		delete(s.es.stmts, p.Name)
-		s.refuseErr(err, 'P')
-		return nil
+	sql := res.SQL
+	if len(res.Literals) > 0 {
+		sql, oids = hideLiterals(st, res, oids)
 	}
 	s.es.stmts[p.Name] = st
 	s.q.push(expect{kind: 'P', stmt: st})
@@ -629,7 +654,14 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		// The server refuses the count mismatch; let it.
 		params = params[:len(b.Parameters)]
 	}
-	encrypting := false
+	if len(st.hidden) > 0 && len(b.Parameters) != st.nClient {
+		// The server would count the proxy's own parameters too.
+		delete(s.es.portals, portal)
+		s.refuse("08P01", fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(b.Parameters), string(names[1]), st.nClient),
+			"", nil, 'B', metrics.RefusalStatement)
+		return nil
+	}
+	encrypting := len(st.hidden) > 0
 	for _, prm := range params {
 		if prm.Column != nil {
 			encrypting = true
@@ -688,6 +720,27 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		offs = append(offs, i, start, len(buf))
 		formats[i] = binaryFormat
 	}
+	// The proxy's parameters for the statement's constants, encrypted now
+	// under the data keys current now. They follow the client's; with
+	// another count from the client the server refuses the Bind.
+	for _, h := range st.hidden {
+		i := len(b.Parameters)
+		start := len(buf)
+		var err error
+		if h.Use == rewrite.UseCompare {
+			buf, err = s.candidates(ctx, buf, s.es.enc, h.Column, textFormat, []byte(h.Value), genericPlanArrayLen)
+		} else {
+			buf, err = s.encryptValue(ctx, buf, s.es.enc, h.Column, textFormat, []byte(h.Value))
+		}
+		if err != nil {
+			delete(s.es.portals, portal)
+			s.refuseErr(err, 'B')
+			return nil
+		}
+		b.Parameters = append(b.Parameters, nil)
+		formats = append(formats, binaryFormat)
+		offs = append(offs, i, start, len(buf))
+	}
 	s.bindBuf = buf
 	for k := 0; k < len(offs); k += 3 {
 		b.Parameters[offs[k]] = buf[offs[k+1]:offs[k+2]]
@@ -700,6 +753,11 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		for _, prm := range params {
 			if prm.Column != nil && prm.Use == rewrite.UseStore {
 				cols = append(cols, prm.Column)
+			}
+		}
+		for _, h := range st.hidden {
+			if h.Use == rewrite.UseStore {
+				cols = append(cols, h.Column)
 			}
 		}
 		if len(cols) > 0 {

@@ -417,6 +417,9 @@ func (s *session) rewriteParamDesc(msg []byte, st *stmtInfo) error {
 			pd.ParameterOIDs[i] = p.Column.Type.OID
 		}
 	}
+	if len(st.hidden) > 0 && st.nClient <= len(pd.ParameterOIDs) {
+		pd.ParameterOIDs = pd.ParameterOIDs[:st.nClient] // the proxy's own parameters
+	}
 	out, err := pd.Encode(s.toClient)
 	if err != nil {
 		return err
