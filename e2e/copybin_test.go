@@ -24,6 +24,7 @@ type copyMix struct {
 	e           *encSetup
 	mix, twin   string
 	gen         string // a policy table with a generated column
+	uu, uuTwin  string // a policy table with a uuid column, and its plain twin
 	conn        *pgx.Conn
 	columnsList string
 }
@@ -33,20 +34,23 @@ const copyMixColumns = "id, i2, i4, b, t, v, c, j, jb, secret, tag"
 func startCopyMix(t *testing.T) *copyMix {
 	t.Helper()
 	e := startEncrypting(t)
-	m := &copyMix{e: e, mix: uniqueName("mix"), twin: uniqueName("mixplain"), gen: uniqueName("gen"), columnsList: copyMixColumns}
+	m := &copyMix{e: e, mix: uniqueName("mix"), twin: uniqueName("mixplain"), gen: uniqueName("gen"), uu: uniqueName("uu"), uuTwin: uniqueName("uuplain"), columnsList: copyMixColumns}
 	ctx := ctxFor(t, 30*time.Second)
 	const cols = `id int8 PRIMARY KEY, i2 int2, i4 int4, b bool, t text, v varchar(5), c char(3), j json, jb jsonb`
 	for _, sql := range []string{
 		`CREATE TABLE ` + m.mix + ` (` + cols + `, secret bytea, tag bytea)`,
 		`CREATE TABLE ` + m.twin + ` (` + cols + `, secret text, tag text)`,
 		`CREATE TABLE ` + m.gen + ` (id int, twice int GENERATED ALWAYS AS (id * 2) STORED, secret bytea, at numeric)`,
+		`CREATE TABLE ` + m.uu + ` (id int, u uuid, secret bytea)`,
+		`CREATE TABLE ` + m.uuTwin + ` (id int, u uuid, secret text)`,
 	} {
 		if err := e.cluster.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
 	}
 	extra := "  public." + m.mix + ":\n    secret: {key: pii, type: text}\n    tag: {key: pii, type: text, mode: deterministic}\n" +
-		"  public." + m.gen + ":\n    secret: {key: pii, type: text}\n"
+		"  public." + m.gen + ":\n    secret: {key: pii, type: text}\n" +
+		"  public." + m.uu + ":\n    secret: {key: pii, type: text}\n"
 	if err := os.WriteFile(e.policyFile, []byte(policyFor(e.users, extra)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -344,6 +348,75 @@ func TestCopyCountsValuesInMetrics(t *testing.T) {
 	for name, want := range map[string]float64{`pgcrypt_values_encrypted_total`: 5, `pgcrypt_values_decrypted_total`: 5} {
 		if got := after[name] - before[name]; got != want {
 			t.Errorf("%s grew by %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestCopyUUIDParity: uuid columns go upstream in binary, read as uuid_in
+// reads them, and what it refuses is refused.
+func TestCopyUUIDParity(t *testing.T) {
+	m := startCopyMix(t)
+	ctx := ctxFor(t, 30*time.Second)
+	direct := connect(t, directDSN(pgtest.UserSCRAM))
+	defer direct.Close(ctx)
+	both := func(data string) (error, error) {
+		_, perr := m.conn.PgConn().CopyFrom(ctx, strings.NewReader(data), `COPY `+m.uu+` (id, u, secret) FROM STDIN`)
+		_, derr := direct.PgConn().CopyFrom(ctx, strings.NewReader(data), `COPY `+m.uuTwin+` (id, u, secret) FROM STDIN`)
+		return perr, derr
+	}
+	good := "1\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\ts1\n" +
+		"2\tA0EEBC999C0B4EF8BB6D6BB9BD380A11\ts2\n" +
+		"3\t{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}\ts3\n" +
+		"4\ta0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11\ts4\n" +
+		"5\t\\N\t\\N\n"
+	if perr, derr := both(good); perr != nil || derr != nil {
+		t.Fatalf("proxy %v, direct %v", perr, derr)
+	}
+	m.e.p.waitLog(t, 5*time.Second, "binary upstream", func(le logEntry) bool { return le.str("copy_upstream") == "binary" })
+	read := func(conn *pgx.Conn, table string) string {
+		rows, err := conn.Query(ctx, `SELECT id, u::text, secret FROM `+table+` ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var id int
+			var u, secret *string
+			if err := rows.Scan(&id, &u, &secret); err != nil {
+				t.Fatal(err)
+			}
+			str := func(p *string) string {
+				if p == nil {
+					return "NULL"
+				}
+				return *p
+			}
+			out = append(out, fmt.Sprintf("%d:%s:%s", id, str(u), str(secret)))
+		}
+		return strings.Join(out, ",")
+	}
+	p, d := read(m.conn, m.uu), read(direct, m.uuTwin)
+	if p != d {
+		t.Fatalf("proxy %q\ndirect %q", p, d)
+	}
+	for _, bad := range []string{
+		"9\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1\ts\n",   // 31 digits
+		"9\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111\ts\n", // 33 digits
+		"9\ta0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-\ts\n", // trailing hyphen
+		"9\ta0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11\ts\n", // hyphen after 3 digits
+		"9\t{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\ts\n", // unclosed brace
+		"9\ta0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11\ts\n", // double hyphen
+		"9\t a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\ts\n", // leading space
+		"9\tg0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\ts\n",  // not hex
+		"9\t\ts\n", // empty
+	} {
+		perr, derr := both(bad)
+		if derr == nil {
+			t.Fatalf("PostgreSQL accepted %q: the test is wrong", bad)
+		}
+		if perr == nil {
+			t.Fatalf("the proxy accepted %q, which PostgreSQL refuses (%v)", bad, derr)
 		}
 	}
 }

@@ -25,7 +25,7 @@ import (
 // the text types (whose recv and in functions both verify the encoding and
 // apply the column's length modifier), json and jsonb, the integer types
 // (whose text syntax the proxy parses as pg_strtoint does, including
-// PostgreSQL 16's prefixes and underscores) and boolean. A table with any
+// PostgreSQL 16's prefixes and underscores), boolean and uuid. A table with any
 // other column type in the COPY, a non-UTF8 client or server encoding, or
 // an option beyond FORMAT, DELIMITER, NULL, HEADER, QUOTE and ESCAPE keeps
 // the text format upstream, with the policy fields as hex bytea.
@@ -41,6 +41,7 @@ const (
 	convInt4
 	convInt8
 	convBool
+	convUUID
 )
 
 // Type OIDs of the convertible column types.
@@ -54,6 +55,7 @@ const (
 	bpcharOID  = 1042
 	varcharOID = 1043
 	jsonbOID   = 3802
+	uuidOID    = 2950
 )
 
 func convForType(oid uint32) (binConv, bool) {
@@ -70,6 +72,8 @@ func convForType(oid uint32) (binConv, bool) {
 		return convInt8, true
 	case boolOID:
 		return convBool, true
+	case uuidOID:
+		return convUUID, true
 	}
 	return 0, false
 }
@@ -264,6 +268,13 @@ func (s *session) binaryTuple(c *codec, cs *copyStream, line []byte) error {
 			default:
 				cs.out = binary.BigEndian.AppendUint64(cs.out, uint64(n))
 			}
+		case convUUID:
+			var u [16]byte
+			if !parsePGUUID(val, &u) {
+				err = fmt.Errorf("invalid input syntax for type uuid")
+				break
+			}
+			cs.out = append(cs.out, u[:]...)
 		case convBool:
 			v, ok := parsePGBool(val)
 			if !ok {
@@ -447,6 +458,33 @@ func parsePGBool(s []byte) (bool, bool) {
 		return false, len(s) == 1
 	}
 	return false, false
+}
+
+// parsePGUUID reads a uuid as uuid_in does: optionally in braces, 32 hex
+// digits in pairs, with an optional hyphen after any group of four digits
+// (but not after the last), nothing else.
+func parsePGUUID(s []byte, u *[16]byte) bool {
+	braces := len(s) > 0 && s[0] == '{'
+	if braces {
+		s = s[1:]
+	}
+	for i := 0; i < 16; i++ {
+		if len(s) < 2 || !isHex(s[0]) || !isHex(s[1]) {
+			return false
+		}
+		u[i] = byte(hexVal(s[0])<<4 | hexVal(s[1]))
+		s = s[2:]
+		if len(s) > 0 && s[0] == '-' && i%2 == 1 && i < 15 {
+			s = s[1:]
+		}
+	}
+	if braces {
+		if len(s) == 0 || s[0] != '}' {
+			return false
+		}
+		s = s[1:]
+	}
+	return len(s) == 0
 }
 
 // copyKeys looks up the current data key of every policy field once per
