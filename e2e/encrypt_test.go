@@ -645,4 +645,9 @@ func TestConstantsInPreparedStatementsEncryptAtBind(t *testing.T) {
 		&pgproto3.Execute{},
 		&pgproto3.Sync{})
 	expectSeq(t, "wrong count", got, "1", "E 08P01", "Z I")
+	// A constant that is no value of its column is refused at Parse.
+	got = w.send(1,
+		&pgproto3.Parse{Name: "s2", Query: `INSERT INTO ` + e.users + ` (id, age) VALUES (9, 'not-a-number')`},
+		&pgproto3.Sync{})
+	expectSeq(t, "invalid constant", got, "E 22P02", "Z I")
 }

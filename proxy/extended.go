@@ -580,6 +580,20 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	}
 	sql := res.SQL
 	if len(res.Literals) > 0 {
+		// A constant that cannot be a value of its column is refused now,
+		// as before it became a parameter, not at every Bind.
+		for _, l := range res.Literals {
+			if l.Null {
+				continue
+			}
+			canon, err := s.es.enc.toCanonical(s.scratch[:0], l.Column.Type, textFormat, []byte(l.Value))
+			if err != nil {
+				delete(s.es.stmts, p.Name)
+				s.refuseErr(err, 'P')
+				return nil
+			}
+			s.scratch = canon
+		}
 		sql, oids = hideLiterals(st, res, oids)
 	}
 	s.es.stmts[p.Name] = st
