@@ -345,7 +345,8 @@ func TestCopyCountsValuesInMetrics(t *testing.T) {
 		t.Fatalf("COPY TO: %q", out.String())
 	}
 	after := scrape(t, e.p)
-	for name, want := range map[string]float64{`pgcrypt_values_encrypted_total`: 5, `pgcrypt_values_decrypted_total`: 5} {
+	for name, want := range map[string]float64{`pgcrypt_values_encrypted_total`: 5, `pgcrypt_values_decrypted_total`: 5,
+		`pgcrypt_copy_from_total{upstream="binary"}`: 1, `pgcrypt_copy_from_total{upstream="text"}`: 0} {
 		if got := after[name] - before[name]; got != want {
 			t.Errorf("%s grew by %v, want %v", name, got, want)
 		}

@@ -374,7 +374,9 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 			e := expect{kind: 'Q'}
 			if cs != nil && c.From {
 				s.copyIn = cs
-				if sql, conv, ok := s.binaryCopyPlan(c, cs); ok {
+				sql, conv, ok := s.binaryCopyPlan(c, cs)
+				s.srv.cfg.Metrics.CopyFrom(ok)
+				if ok {
 					s.log.Debug().Str("copy_upstream", "binary").Msg("COPY FROM goes on to the server in binary format")
 					cs.conv = conv
 					cs.out = appendBinaryCopyHeader(cs.out)
