@@ -149,6 +149,9 @@ func TestMetricsHealthAndAudit(t *testing.T) {
 		if kind == "read" && !strings.Contains(line, "public."+e.users+".ssn") {
 			t.Errorf("read event without its column: %s", line)
 		}
+		if kind == "refused" && ev["statement"] != "select" {
+			t.Errorf("refused event without its statement kind: %s", line)
+		}
 		if ev["user"] != pgtest.UserSCRAM {
 			t.Errorf("audit event without the user: %s", line)
 		}

@@ -354,6 +354,7 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 	}
 	s.copyIn = nil
 	if rewrite.IsCopy(q.String) {
+		s.stmtKind = "copy"
 		c, ref := s.pol.analyzer.AnalyzeCopy(q.String, s.searchPath())
 		if ref != nil {
 			s.refuse(ref.Code, ref.Message, ref.Hint, ref.Column, 'Q', metrics.RefusalStatement)
@@ -394,6 +395,7 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 		}
 	}
 	res := s.analyze(q.String)
+	s.stmtKind = res.Kind
 	if ref := s.ensureCatalog(res, 1); ref != nil {
 		res = &rewrite.Result{Touches: true, Refusal: ref}
 	}
@@ -543,6 +545,7 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("malformed Parse message: %w", err)
 	}
 	res := s.analyze(p.Query)
+	s.stmtKind = res.Kind
 	if ref := s.ensureCatalog(res, 0); ref != nil {
 		res = &rewrite.Result{Touches: true, Refusal: ref}
 	}
@@ -654,6 +657,7 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		return nil
 	}
 	portal := string(names[0])
+	s.stmtKind = st.res.Kind
 	var b pgproto3.Bind
 	if err := b.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Bind message: %w", err)
@@ -902,7 +906,7 @@ func (s *session) refuse(code, msg, hint string, col *policy.Column, in byte, re
 	m.Refusal(code, reason)
 	if a := s.srv.cfg.Audit; a.Enabled() {
 		e := s.auditEvent(audit.KindRefused)
-		e.SQLSTATE, e.Reason = code, reason.String()
+		e.SQLSTATE, e.Reason, e.Statement = code, reason.String(), s.stmtKind
 		if col != nil {
 			e.Columns = []string{col.Identity()}
 		}

@@ -150,6 +150,7 @@ type session struct {
 	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
 	scratch, envBuf, bindBuf, candBuf []byte // client pump
+	stmtKind                          string // client pump: the kind of the statement being handled, for audit events
 	scratchDec, plainDec              []byte // server pump
 	copyBuf                           []byte // server pump
 }
