@@ -96,19 +96,11 @@ func keysRotateDEK(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	key := pos[0]
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+	cfg, ok := loadForKeystore("keys rotate-dek", load, stderr)
+	if !ok {
 		return 2
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "pgcrypt-proxy keys rotate-dek: %v\n", err)
-		return 1
-	}
-	if cfg.Keystore.DSN == "" {
-		fmt.Fprintln(stderr, "pgcrypt-proxy keys rotate-dek: keystore.dsn is not set (config file, --keystore.dsn or PGCRYPT_KEYSTORE_DSN)")
-		return 2
-	}
+	fail := failer("keys rotate-dek", stderr)
 	var pol *policy.Policy
 	if cfg.PolicyFile != "" {
 		if pol, err = policy.Load(cfg.PolicyFile); err != nil {
@@ -200,19 +192,11 @@ func keysDestroyDEK(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	key := pos[0]
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+	cfg, ok := loadForKeystore("keys destroy-dek", load, stderr)
+	if !ok {
 		return 2
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "pgcrypt-proxy keys destroy-dek: %v\n", err)
-		return 1
-	}
-	if cfg.Keystore.DSN == "" {
-		fmt.Fprintln(stderr, "pgcrypt-proxy keys destroy-dek: keystore.dsn is not set (config file, --keystore.dsn or PGCRYPT_KEYSTORE_DSN)")
-		return 2
-	}
+	fail := failer("keys destroy-dek", stderr)
 	ctx, cancel := commandContext()
 	defer cancel()
 	log := newLogger(cfg.Log, stderr)

@@ -104,10 +104,7 @@ func encryptExisting(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
 		return 2
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "pgcrypt-proxy encrypt-existing: %v\n", err)
-		return 1
-	}
+	fail := failer("encrypt-existing", stderr)
 	pol, err := loadMigrationPolicy(cfg)
 	if err != nil {
 		return fail(err)

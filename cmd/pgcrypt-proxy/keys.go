@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pgcrypt/pgcrypt-proxy/internal/config"
 	"github.com/pgcrypt/pgcrypt-proxy/keys"
 )
 
@@ -24,6 +25,30 @@ rewraps it). No key material is read or shown.
   --json   print a JSON array of {"key", "dek_version", "kek_version", "state",
            "id", "kek_name", "kek_primary", "created_at", "updated_at"}
 `
+
+// loadForKeystore loads the configuration of a command that works on the
+// keystore. ok false: it said why on stderr, and the command exits 2.
+func loadForKeystore(name string, load func() (*config.Config, error), stderr io.Writer) (cfg *config.Config, ok bool) {
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+		return nil, false
+	}
+	if cfg.Keystore.DSN == "" {
+		fmt.Fprintf(stderr, "pgcrypt-proxy %s: keystore.dsn is not set (config file, --keystore.dsn or PGCRYPT_KEYSTORE_DSN)\n", name)
+		return nil, false
+	}
+	return cfg, true
+}
+
+// failer returns the reporter of a command's runtime error: it prints
+// "pgcrypt-proxy NAME: error" and gives exit status 1.
+func failer(name string, stderr io.Writer) func(error) int {
+	return func(err error) int {
+		fmt.Fprintf(stderr, "pgcrypt-proxy %s: %v\n", name, err)
+		return 1
+	}
+}
 
 func keysCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -75,19 +100,11 @@ func keysList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgcrypt-proxy keys list: unexpected argument %q\n\n%s", pos[0], keysUsage)
 		return 2
 	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+	cfg, ok := loadForKeystore("keys list", load, stderr)
+	if !ok {
 		return 2
 	}
-	if cfg.Keystore.DSN == "" {
-		fmt.Fprintln(stderr, "pgcrypt-proxy keys list: keystore.dsn is not set (config file, --keystore.dsn or PGCRYPT_KEYSTORE_DSN)")
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "pgcrypt-proxy keys list: %v\n", err)
-		return 1
-	}
+	fail := failer("keys list", stderr)
 	ctx, cancel := commandContext()
 	defer cancel()
 

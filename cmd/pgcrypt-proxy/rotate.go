@@ -157,19 +157,11 @@ func rotateCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgcrypt-proxy rotate: unexpected argument %q\n\n%s", pos[0], rotateUsage)
 		return 2
 	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(stderr, "pgcrypt-proxy: invalid configuration:\n%v\n", indent(err))
+	cfg, ok := loadForKeystore("rotate", load, stderr)
+	if !ok {
 		return 2
 	}
-	if cfg.Keystore.DSN == "" {
-		fmt.Fprintln(stderr, "pgcrypt-proxy rotate: keystore.dsn is not set (config file, --keystore.dsn or PGCRYPT_KEYSTORE_DSN)")
-		return 2
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "pgcrypt-proxy rotate: %v\n", err)
-		return 1
-	}
+	fail := failer("rotate", stderr)
 	ctx, cancel := commandContext()
 	defer cancel()
 	keks, err := openRotationKEKs(ctx, cfg)
