@@ -24,21 +24,7 @@ import (
 // a schema of its own.
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cluster = c
-	code := m.Run()
-	if err := c.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, pgtest.Options{}, &cluster)) }
 
 // pool connects as the database owner (CREATE on the database), the role a
 // proxy uses the first time.

@@ -668,3 +668,22 @@ func (c *Cluster) logTail(from int64) string {
 	b, _ := io.ReadAll(f)
 	return strings.TrimSpace(string(b))
 }
+
+// Main is a TestMain body for a package whose tests share one cluster: it
+// starts the cluster (into *c), runs the tests, stops the cluster and
+// returns the exit code for os.Exit.
+func Main(m *testing.M, opts Options, c **Cluster) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cl, err := Start(ctx, opts)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*c = cl
+	code := m.Run()
+	if err := cl.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	return code
+}
