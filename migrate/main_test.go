@@ -163,35 +163,21 @@ var userColumns = []string{"ssn", "email", "age", "born", "score", "seen", "pref
 // original table, by id, computed by PostgreSQL's send functions.
 func (f *fixture) canonicalOrig(t testing.TB, table string) map[int][][]byte {
 	t.Helper()
-	rows, err := f.pool.Query(t.Context(), `SELECT id, convert_to(ssn, 'UTF8'), convert_to(email, 'UTF8'), int4send(age), date_send(born),
+	return f.byID(t, `SELECT id, convert_to(ssn, 'UTF8'), convert_to(email, 'UTF8'), int4send(age), date_send(born),
 		numeric_send(score), timestamptz_send(seen), jsonb_send(prefs), photo FROM `+table+`_orig`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[int][][]byte{}
-	for rows.Next() {
-		var id int
-		vals := make([][]byte, len(userColumns))
-		dest := []any{&id}
-		for i := range vals {
-			dest = append(dest, &vals[i])
-		}
-		if err := rows.Scan(dest...); err != nil {
-			t.Fatal(err)
-		}
-		out[id] = vals
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // stored reads the policy columns as stored, by id.
 func (f *fixture) stored(t testing.TB, table string) map[int][][]byte {
 	t.Helper()
-	rows, err := f.pool.Query(t.Context(), `SELECT id, `+strings.Join(userColumns, ", ")+` FROM `+table)
+	return f.byID(t, `SELECT id, `+strings.Join(userColumns, ", ")+` FROM `+table)
+}
+
+// byID runs q (id, then one bytea per userColumns) and returns the values
+// by id.
+func (f *fixture) byID(t testing.TB, q string) map[int][][]byte {
+	t.Helper()
+	rows, err := f.pool.Query(t.Context(), q)
 	if err != nil {
 		t.Fatal(err)
 	}
