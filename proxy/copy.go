@@ -254,7 +254,8 @@ func nextTextRow(b []byte, c *rewrite.Copy, end bool) (line []byte, consumed int
 // copyTextFields transforms the fields of one text or CSV row into cs.out.
 func (s *session) copyTextFields(ctx context.Context, c *codec, cs *copyStream, line []byte, nl string) error {
 	cs.row++
-	fields := splitFields(line, cs.c)
+	cs.fields = splitFieldsInto(cs.fields[:0], line, cs.c)
+	fields := cs.fields
 	if len(fields) != len(cs.cols) {
 		return &copyError{row: cs.row, msg: fmt.Sprintf("%d fields, the COPY names %d columns", len(fields), len(cs.cols))}
 	}
@@ -267,7 +268,8 @@ func (s *session) copyTextFields(ctx context.Context, c *codec, cs *copyStream, 
 			cs.out = append(cs.out, raw...)
 			continue
 		}
-		val, err := unescapeField(raw, cs.c)
+		val, err := unescapeFieldInto(cs.val[:0], raw, cs.c)
+		cs.val = val
 		if err != nil {
 			return &copyError{row: cs.row, msg: fmt.Sprintf("column %s: %v", col.Name, err)}
 		}
@@ -307,13 +309,8 @@ func copyValueError(row int, col *policy.Column, err error) error {
 	return err
 }
 
-// splitFields splits a row at unescaped delimiters, keeping each field's
-// bytes as written (escapes and quotes included).
-func splitFields(line []byte, c *rewrite.Copy) [][]byte {
-	return splitFieldsInto(nil, line, c)
-}
-
-// splitFieldsInto is splitFields appending to out.
+// splitFieldsInto appends a row's fields, split at unescaped delimiters,
+// to out, each as written (escapes and quotes included).
 func splitFieldsInto(out [][]byte, line []byte, c *rewrite.Copy) [][]byte {
 	start := 0
 	inQuote := false
@@ -347,12 +344,8 @@ func isNullField(raw []byte, c *rewrite.Copy) bool {
 	return string(raw) == c.Null && (c.Format != "csv" || bytes.IndexByte(raw, c.Quote) < 0)
 }
 
-// unescapeField decodes one field to its value.
-func unescapeField(raw []byte, c *rewrite.Copy) ([]byte, error) {
-	return unescapeFieldInto(nil, raw, c)
-}
-
-// unescapeFieldInto is unescapeField appending to out.
+// unescapeFieldInto appends one field's value (escapes and quotes
+// decoded) to out.
 func unescapeFieldInto(out, raw []byte, c *rewrite.Copy) ([]byte, error) {
 	if c.Format == "csv" {
 		inQuote := false
