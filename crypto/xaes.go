@@ -35,7 +35,8 @@ type xaes struct {
 	// prefix decrypt. See doc.go for the bound.
 	mu     sync.Mutex
 	prefix [12]byte
-	used   uint64 // messages sealed under prefix
+	used   uint64      // messages sealed under prefix
+	cur    cipher.AEAD // the AEAD of prefix, once derived
 	cache  map[[12]byte]cipher.AEAD
 }
 
@@ -118,11 +119,21 @@ func (x *xaes) sealCached(s *scratch, dst, nonce, plaintext, ad []byte) ([]byte,
 			return nil, err
 		}
 		x.used = 0
+		x.cur = nil
 	}
 	x.used++
 	copy(nonce[:12], x.prefix[:])
+	a := x.cur
 	x.mu.Unlock()
-	return x.cached(s, nonce).Seal(dst, nonce[12:], plaintext, ad), nil
+	if a == nil {
+		a = x.cached(s, nonce)
+		x.mu.Lock()
+		if x.prefix == [12]byte(nonce[:12]) {
+			x.cur = a
+		}
+		x.mu.Unlock()
+	}
+	return a.Seal(dst, nonce[12:], plaintext, ad), nil
 }
 
 // open appends the plaintext of ciphertext||tag to dst.

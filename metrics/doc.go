@@ -44,7 +44,7 @@
 //	pgcrypt_values_encrypted_total               counter  values encrypted
 //	pgcrypt_values_decrypted_total               counter  values decrypted
 //	pgcrypt_copy_from_total{upstream}            counter  COPY FROM STDIN into policy tables, by upstream format (binary, text)
-//	pgcrypt_encrypt_value_duration_seconds       histogram mean seconds per value, one observation per batch
+//	pgcrypt_encrypt_value_duration_seconds       histogram mean seconds per value of a statement; one statement in 32 is timed
 //	pgcrypt_decrypt_value_duration_seconds       histogram mean seconds per value of a result row; one row in 32 is timed
 //	pgcrypt_column_values_total{column,op}       counter  only with Options.PerColumn; op: encrypt, decrypt
 //

@@ -226,7 +226,10 @@ func (s *session) ensureCatalog(res *rewrite.Result, self int64) *rewrite.Refusa
 	// A policy table dropped and created again by another session has a
 	// new OID; the catalog is re-read when it is older than CatalogTTL.
 	missing := cat == nil || cat.pol != s.pol.pol || time.Since(cat.loaded) > s.srv.cfg.CatalogTTL
-	for _, c := range res.Columns {
+	for i, c := range res.Columns {
+		if i > 0 && c.Table == res.Columns[i-1].Table {
+			continue
+		}
 		if missing || !cat.knows(c.Table) {
 			missing = true
 			break
@@ -311,13 +314,13 @@ func (s *session) forgetDeallocated(sql string) {
 	if len(t) < 7 {
 		return
 	}
-	switch strings.ToUpper(t[:7]) {
-	case "DISCARD":
+	switch {
+	case strings.EqualFold(t[:7], "DISCARD"):
 		if strings.Contains(strings.ToUpper(t), "ALL") {
 			clear(s.es.stmts)
 			clear(s.es.portals)
 		}
-	case "DEALLOC":
+	case strings.EqualFold(t[:7], "DEALLOC"):
 		f := strings.Fields(strings.TrimRight(t, "; \t\r\n"))
 		if len(f) < 2 {
 			return
@@ -465,10 +468,12 @@ func hideLiterals(st *stmtInfo, res *rewrite.Result, oids []uint32) (string, []u
 // replaced by its ciphertext literal to dst. On error the returned slice
 // must be discarded.
 func (s *session) appendSubstituted(ctx context.Context, dst []byte, res *rewrite.Result) ([]byte, error) {
-	m := s.srv.cfg.Metrics
-	if m != nil && len(res.Literals) > 0 {
-		start := time.Now()
-		defer func() { m.Encrypted(len(res.Literals), time.Since(start)) }()
+	if len(res.Literals) > 0 {
+		if t := s.encTimer(); t != nil {
+			defer t.done(len(res.Literals))
+		} else {
+			s.srv.cfg.Metrics.EncryptedUntimed(len(res.Literals))
+		}
 	}
 	out := dst
 	prev := 0
@@ -702,7 +707,8 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		s.toServer = out
 		return nil
 	}
-	formats := make([]int16, len(b.Parameters))
+	formats := slices.Grow(s.bindFormats[:0], len(b.Parameters))[:len(b.Parameters)]
+	clear(formats)
 	for i := range formats {
 		switch len(b.ParameterFormatCodes) {
 		case 0:
@@ -714,13 +720,9 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 			}
 		}
 	}
-	m := s.srv.cfg.Metrics
-	var start time.Time
-	if m != nil {
-		start = time.Now()
-	}
+	timer := s.encTimer()
 	buf := s.bindBuf[:0]
-	offs := make([]int, 0, len(params))
+	offs := s.bindOffs[:0]
 	for i, prm := range params {
 		if prm.Column == nil || b.Parameters[i] == nil {
 			continue
@@ -761,12 +763,14 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		formats = append(formats, binaryFormat)
 		offs = append(offs, i, start, len(buf))
 	}
-	s.bindBuf = buf
+	s.bindBuf, s.bindOffs = buf, offs
 	for k := 0; k < len(offs); k += 3 {
 		b.Parameters[offs[k]] = buf[offs[k+1]:offs[k+2]]
 	}
-	if m != nil {
-		m.Encrypted(len(offs)/3, time.Since(start))
+	if timer != nil {
+		timer.done(len(offs) / 3)
+	} else {
+		s.srv.cfg.Metrics.EncryptedUntimed(len(offs) / 3)
 	}
 	if s.srv.cfg.Audit.Enabled() {
 		var cols []*policy.Column
@@ -787,6 +791,7 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		}
 	}
 	b.ParameterFormatCodes = formats
+	s.bindFormats = formats[:0] // Encode below copies them out
 	s.es.portals[portal] = pi
 	s.q.push(expect{kind: 'B', portal: pi})
 	out, err := b.Encode(s.toServer)

@@ -94,6 +94,7 @@ func (s *session) clientPump() error {
 			if err := s.flushServer(); err != nil {
 				return err
 			}
+			s.encKeys = s.encKeys[:0]
 		}
 		typ, msg, err := s.cr.next()
 		if err != nil {

@@ -149,7 +149,12 @@ type session struct {
 	copyIn         *copyStream // client pump: COPY FROM STDIN into a policy table
 	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
-	scratch, envBuf, bindBuf, candBuf []byte // client pump
+	scratch, envBuf, bindBuf, candBuf []byte  // client pump
+	bindOffs                          []int   // client pump: onBind's encrypted parameters
+	bindFormats                       []int16 // client pump: onBind's parameter formats
+	encKeys                           []encKey
+	encStmts                          uint64 // client pump: statements that encrypted, for sampling their timing
+	encT                              encTiming
 	stmtKind                          string // client pump: the kind of the statement being handled, for audit events
 	scratchDec, plainDec              []byte // server pump
 	copyBuf                           []byte // server pump

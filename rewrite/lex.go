@@ -3,6 +3,7 @@ package rewrite
 import (
 	"math"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -170,10 +171,27 @@ func lex(sql string) (*tokens, bool) {
 		}
 		list = append(list, tok{int32(start), int32(i), kind})
 	}
-	t := &tokens{list: make([]tok, len(list))}
-	copy(t.list, list)
+	t := tokensPool.Get().(*tokens)
+	if t.list == nil {
+		t.list = make([]tok, 0, len(list))
+	}
+	t.list = append(t.list[:0], list...)
 	finish(t)
 	return t, true
+}
+
+// tokensPool recycles the tokens of statements whose analysis came from a
+// cached template (Analyze releases them); tokens kept by a new template
+// are simply never returned.
+var tokensPool = sync.Pool{New: func() any { return new(tokens) }}
+
+// release returns t to tokensPool. Nothing may use t afterwards.
+func (t *tokens) release() {
+	if cap(t.list) > 1024 {
+		return // let an unusually long statement's storage go
+	}
+	*t = tokens{list: t.list[:0], match: t.match[:0]}
+	tokensPool.Put(t)
 }
 
 // Byte classes for the first byte of a token.

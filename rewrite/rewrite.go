@@ -250,6 +250,9 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 		fp, fpOK = shapeHash(sql, toks), true
 		if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {
 			if r := t.instantiate(sql, toks); r != nil {
+				if lexed {
+					toks.release() // r keeps no reference to them
+				}
 				return r
 			}
 		}
@@ -265,6 +268,7 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 		if !sameTokens(toks, st) {
 			fpOK = false
 		}
+		toks.release()
 		toks = st
 	}
 	tree, err := pg.Parse(sql)

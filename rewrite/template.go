@@ -107,6 +107,9 @@ func (tp *template) render(sql string, t *tokens, values []string) (out string, 
 	}
 	var b strings.Builder
 	b.Grow(len(sql) + 16*len(tp.edits))
+	if len(tp.lits) > 0 {
+		lits = make([]Literal, 0, len(tp.lits))
+	}
 	cur := 0
 	for _, e := range tp.edits {
 		b.WriteString(sql[cur:t.list[e.from].start])

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"math/big"
+	"slices"
 	"sort"
 	"strings"
 
@@ -47,7 +48,11 @@ func scan(sql string) (*tokens, error) {
 // finish computes t.match and t.constants from t.list (shared by scan and
 // lex, so both derive them the same way).
 func finish(t *tokens) {
-	t.match = make([]int32, len(t.list))
+	if t.match == nil {
+		t.match = make([]int32, len(t.list))
+	}
+	t.match = slices.Grow(t.match[:0], len(t.list))[:len(t.list)]
+	t.constants = 0
 	var buf [32]int32 // nesting depth of most statements: no allocation
 	stack := buf[:0]
 	for i, k := range t.list {
