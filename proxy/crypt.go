@@ -223,6 +223,50 @@ func (s *session) candidates(ctx context.Context, dst []byte, c *codec, col *pol
 	return dst, nil
 }
 
+// scalarForm reports whether every Scalar parameter of params has a
+// single candidate now (rewrite.Result.ScalarSQL): its column is not being
+// migrated and has at most one live data key. With resolve it also records
+// the key for each such parameter in s.es.scalarKeys (the current key when
+// none is live yet, as candidates would), for onBind. A keystore error
+// gives false: the array form's candidates then reports it.
+func (s *session) scalarForm(ctx context.Context, params []rewrite.Param, resolve bool) bool {
+	keys := s.es.scalarKeys[:0]
+	for _, prm := range params {
+		var k *crypto.Key
+		if prm.Scalar && prm.Column != nil {
+			col := prm.Column
+			if col.Migrating {
+				return false
+			}
+			live, err := s.srv.cfg.Keys.Live(ctx, col.Key)
+			if err != nil || len(live) > 1 {
+				return false
+			}
+			if len(live) == 1 {
+				k = live[0]
+			} else if resolve {
+				if k, err = s.srv.cfg.Keys.Current(ctx, col.Key, s.kmsFor(col)); err != nil {
+					return false
+				}
+			}
+		}
+		keys = append(keys, k)
+	}
+	s.es.scalarKeys = keys
+	return true
+}
+
+// scalarCandidate appends the one candidate of a value compared with
+// deterministic column col under key: a binary bytea, where candidates
+// appends a bytea[].
+func (s *session) scalarCandidate(dst []byte, key *crypto.Key, c *codec, col *policy.Column, format int16, val []byte) ([]byte, error) {
+	if col.Mode != policy.Deterministic || key == nil {
+		return nil, fmt.Errorf("BUG: scalar comparison with column %s without its single deterministic key", col)
+	}
+	s.noteKeyID(key.ID())
+	return s.encryptWith(dst, key, c, col, format, val)
+}
+
 // decryptValue decrypts a stored value of col (as the server sent it, in
 // serverFormat) and appends it in the client's format.
 func (s *session) decryptValue(ctx context.Context, dst []byte, c *codec, col *policy.Column, serverFormat, clientFormat int16, stored []byte) ([]byte, error) {

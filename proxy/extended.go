@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgcrypt/pgcrypt-proxy/audit"
+	"github.com/pgcrypt/pgcrypt-proxy/crypto"
 	"github.com/pgcrypt/pgcrypt-proxy/metrics"
 	"github.com/pgcrypt/pgcrypt-proxy/policy"
 	"github.com/pgcrypt/pgcrypt-proxy/rewrite"
@@ -36,6 +37,16 @@ type stmtInfo struct {
 	// for as long as the statement lives. The client never sees them.
 	hidden  []rewrite.Literal
 	nClient int
+	// scalar: the statement went to the server in its ScalarSQL form,
+	// which takes one candidate per compared parameter (col = $n::bytea),
+	// because each compared column had one live data key at Parse. A
+	// Bind that finds more (a data key rotated meanwhile) binds the array
+	// form instead, which the proxy prepares under alias, a name of its
+	// own, with arrayOIDs.
+	scalar     bool
+	arrayOIDs  []uint32
+	alias      string      // client pump: set when the array form is first needed
+	aliasReady atomic.Bool // server pump: the alias's ParseComplete arrived
 	// describing is set by the client pump once a Describe of the
 	// statement has been sent, so its RowDescription reaches the server
 	// pump before any Execute of a portal made from it.
@@ -85,6 +96,8 @@ type expect struct {
 	// textCopy: the proxy turned the client's text or CSV COPY FROM into a
 	// binary one; the client must see a text CopyInResponse.
 	textCopy bool
+	// alias: the proxy's Parse of stmt's array form (stmtInfo.alias).
+	alias bool
 }
 
 // queue is a FIFO of expectations shared by the two pumps.
@@ -150,6 +163,28 @@ type encState struct {
 	searchPath []string
 	inBatch    bool // extended-protocol messages sent since the last Sync
 	enc        *codec
+	aliases    uint64 // stmtInfo.alias names handed out
+	// scalarKeys[i] is the one live data key of parameter i of the Bind
+	// being handled, when it is bound in its scalar form.
+	scalarKeys []*crypto.Key
+}
+
+// aliasPrefix starts the names of the statements the proxy prepares itself
+// (stmtInfo.alias). PostgreSQL keeps the first 63 bytes of a statement
+// name, so the proxy's names are short and never derived from the
+// client's; a client's Parse with this prefix is refused.
+const aliasPrefix = "pgcrypt-proxy:"
+
+// closeAlias closes st's array-form statement on the server, if the proxy
+// prepared one; the reply goes nowhere.
+func (s *session) closeAlias(st *stmtInfo) {
+	if st == nil || st.alias == "" {
+		return
+	}
+	s.toServer, _ = (&pgproto3.Close{ObjectType: 'S', Name: st.alias}).Encode(s.toServer)
+	s.q.push(expect{kind: 'C', swallow: true})
+	st.alias = ""
+	st.aliasReady.Store(false)
 }
 
 // clientMessage handles one client message when the policy has tables.
@@ -335,6 +370,7 @@ func (s *session) forgetDeallocated(sql string) {
 		} else {
 			name = strings.ToLower(name)
 		}
+		s.closeAlias(s.es.stmts[name])
 		delete(s.es.stmts, name)
 	}
 }
@@ -549,10 +585,16 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 	if err := p.Decode(msg[5:]); err != nil {
 		return fmt.Errorf("malformed Parse message: %w", err)
 	}
+	s.closeAlias(s.es.stmts[p.Name])
 	res := s.analyze(p.Query)
 	s.stmtKind = res.Kind
 	if ref := s.ensureCatalog(res, 0); ref != nil {
 		res = &rewrite.Result{Touches: true, Refusal: ref}
+	}
+	if strings.HasPrefix(p.Name, aliasPrefix) {
+		res = &rewrite.Result{Touches: true, Refusal: &rewrite.Refusal{Code: "42939",
+			Message: fmt.Sprintf("prepared statement names starting with %q are reserved by pgcrypt-proxy", aliasPrefix),
+			Hint:    "choose another statement name"}}
 	}
 	s.es.inBatch = true
 	if res.Refusal != nil {
@@ -589,6 +631,17 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		}
 	}
 	sql := res.SQL
+	if res.ScalarSQL != "" && len(res.Literals) == 0 && s.scalarForm(ctx, res.Params, false) {
+		st.scalar = true
+		st.arrayOIDs = slices.Clone(oids)
+		oids = slices.Clone(oids)
+		for i, prm := range res.Params {
+			if prm.Scalar {
+				oids[i] = byteaOID
+			}
+		}
+		sql = res.ScalarSQL
+	}
 	if len(res.Literals) > 0 {
 		// A constant that cannot be a value of its column is refused now,
 		// as before it became a parameter, not at every Bind.
@@ -686,6 +739,22 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 			"", nil, 'B', metrics.RefusalStatement)
 		return nil
 	}
+	useAlias := st.scalar && !s.scalarForm(ctx, st.res.Params, true)
+	if useAlias {
+		if st.alias == "" {
+			s.es.aliases++
+			st.alias = aliasPrefix + strconv.FormatUint(s.es.aliases, 10)
+		}
+		if !st.aliasReady.Load() {
+			// Close first: a Parse of the alias sent earlier may have
+			// succeeded without its reply having arrived yet.
+			s.toServer, _ = (&pgproto3.Close{ObjectType: 'S', Name: st.alias}).Encode(s.toServer)
+			s.q.push(expect{kind: 'C', swallow: true})
+			s.toServer, _ = (&pgproto3.Parse{Name: st.alias, Query: st.res.SQL, ParameterOIDs: st.arrayOIDs}).Encode(s.toServer)
+			s.q.push(expect{kind: 'P', swallow: true, stmt: st, alias: true})
+		}
+		b.PreparedStatement = st.alias
+	}
 	encrypting := len(st.hidden) > 0
 	for _, prm := range params {
 		if prm.Column != nil {
@@ -729,9 +798,12 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 		}
 		start := len(buf)
 		var err error
-		if prm.Use == rewrite.UseCompare {
+		switch {
+		case prm.Use == rewrite.UseCompare && st.scalar && prm.Scalar && !useAlias:
+			buf, err = s.scalarCandidate(buf, s.es.scalarKeys[i], s.es.enc, prm.Column, formats[i], b.Parameters[i])
+		case prm.Use == rewrite.UseCompare:
 			buf, err = s.candidates(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i], genericPlanArrayLen)
-		} else {
+		default:
 			buf, err = s.encryptValue(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
 		}
 		if err != nil {
@@ -887,6 +959,7 @@ func (s *session) onClose(msg []byte) error {
 		return fmt.Errorf("malformed Close message: %w", err)
 	}
 	if c.ObjectType == 'S' {
+		s.closeAlias(s.es.stmts[c.Name])
 		delete(s.es.stmts, c.Name)
 	} else {
 		delete(s.es.portals, c.Name)

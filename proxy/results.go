@@ -177,6 +177,9 @@ func (s *session) serverMessage(ctx context.Context, typ byte, msg []byte) error
 	case '1', '2', '3', 'n':
 		if e != nil {
 			s.q.pop()
+			if e.alias && typ == '1' {
+				e.stmt.aliasReady.Store(true)
+			}
 			if e.swallow {
 				return nil
 			}

@@ -32,6 +32,10 @@ type paramState struct {
 	col   *policy.Column
 	use   Use
 	plain bool
+	// scalar: compared as col = $n (or <>), which has a single-candidate
+	// form (Param.Scalar); array: also used where only the bytea[] form
+	// works (an IN list).
+	scalar, array bool
 }
 
 // stop unwinds the analysis after a refusal.
@@ -90,7 +94,7 @@ func (a *Analyzer) analyze(sql string, toks *tokens, tree *pg.ParseResult, sp []
 	if len(an.params) > 0 {
 		base.Params = make([]Param, len(an.params))
 		for i, p := range an.params {
-			base.Params[i] = Param{Column: p.col, Use: p.use}
+			base.Params[i] = Param{Column: p.col, Use: p.use, Scalar: p.use == UseCompare && p.scalar && !p.array}
 		}
 	}
 	tp = &template{sql: sql, toks: toks, edits: an.edits, lits: an.lits, base: base,
@@ -109,6 +113,7 @@ func (a *Analyzer) analyze(sql string, toks *tokens, tree *pg.ParseResult, sp []
 	out, lits, _ := tp.render(sql, toks, values)
 	r := base
 	r.SQL, r.Literals = out, lits
+	r.ScalarSQL = tp.renderScalar(sql, toks)
 	if !base.Touches && !base.SearchPathChanged {
 		tp.base, tp.edits, tp.lits = Result{Kind: kind}, nil, nil
 		return &Result{SQL: sql, Kind: kind}, tp

@@ -197,9 +197,13 @@ func (an *analysis) compare(e *pg.A_Expr, op string, sc *scope, why string) {
 	vs, ve := an.operandSpan(other, opIdx)
 	var parts []part
 	if v.param > 0 {
-		parts = []part{{text: quant + "(", lit: -1}}
-		parts = append(parts, an.compareParts(col, v)...)
-		parts = append(parts, part{text: ")", lit: -1})
+		an.policyParam(v.param, col, UseCompare)
+		an.param(v.param).scalar = true
+		// The bytea[] form takes every candidate; the scalar one, for a
+		// statement prepared while one data key is live, is cheaper for
+		// PostgreSQL (Result.ScalarSQL).
+		parts = []part{{text: fmt.Sprintf("%s($%d::bytea[])", quant, v.param), lit: -1,
+			scalar: fmt.Sprintf("$%d::bytea", v.param), param: v.param}}
 	} else {
 		// A constant: the proxy writes the quantifier (Literal.Quant).
 		i := an.literal(col, v, UseCompare)
@@ -284,6 +288,7 @@ func (an *analysis) in(e *pg.A_Expr, op string, sc *scope, why string) {
 func (an *analysis) compareParts(col *policy.Column, v *value) []part {
 	if v.param > 0 {
 		an.policyParam(v.param, col, UseCompare)
+		an.param(v.param).array = true
 		return []part{{text: fmt.Sprintf("$%d::bytea[]", v.param), lit: -1}}
 	}
 	return []part{{lit: an.literal(col, v, UseCompare)}}

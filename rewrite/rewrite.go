@@ -64,6 +64,15 @@ type Result struct {
 	// highest parameter number referenced. Column nil: not a policy value,
 	// forward as the client sent it.
 	Params []Param
+	// ScalarSQL, when not empty, is SQL with each comparison of a policy
+	// column with a parameter whose Params[i].Scalar is set written as
+	// col = $n::bytea (or <>) instead of col = ANY($n::bytea[]) (ALL for
+	// <>). It is valid while each such parameter has a single candidate,
+	// that is while its column has one live data key and no migration,
+	// and PostgreSQL runs it faster: the array form is padded to keep the
+	// generic plan (see proxy's session.candidates). Empty when there is
+	// no such comparison or the statement has Literals.
+	ScalarSQL string
 	// Literals are the simple-protocol constants bound for policy columns,
 	// in order of their position in SQL. Start/End are byte offsets into
 	// SQL (not into the input).
@@ -90,6 +99,10 @@ type Result struct {
 type Param struct {
 	Column *policy.Column // nil: not a policy value
 	Use    Use
+	// Scalar, on a UseCompare parameter, means every use is a plain
+	// comparison col = $n or col <> $n, which ScalarSQL writes with a
+	// bytea parameter: bind one candidate there.
+	Scalar bool
 }
 
 // Literal is a simple-protocol constant bound for a policy column.

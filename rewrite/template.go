@@ -32,9 +32,13 @@ type edit struct {
 }
 
 // part is replacement text, or (lit >= 0) the placeholder of lits[lit].
+// A comparison with parameter $param also has a scalar text, which
+// renderScalar writes instead when Params[param-1].Scalar.
 type part struct {
-	text string
-	lit  int
+	text   string
+	lit    int
+	scalar string
+	param  int32
 }
 
 type litKind uint8
@@ -135,6 +139,43 @@ func (tp *template) render(sql string, t *tokens, values []string) (out string, 
 	return b.String(), lits, true
 }
 
+// renderScalar renders the template's ScalarSQL for sql (see
+// Result.ScalarSQL): "" when no part has a scalar form for a Scalar
+// parameter, or when the statement has policy constants, whose Literal
+// offsets refer to SQL.
+func (tp *template) renderScalar(sql string, t *tokens) string {
+	if len(tp.lits) > 0 {
+		return ""
+	}
+	found := false
+	for _, e := range tp.edits {
+		for _, p := range e.parts {
+			if p.scalar != "" && tp.base.Params[p.param-1].Scalar {
+				found = true
+			}
+		}
+	}
+	if !found {
+		return ""
+	}
+	var b strings.Builder
+	b.Grow(len(sql))
+	cur := 0
+	for _, e := range tp.edits {
+		b.WriteString(sql[cur:t.list[e.from].start])
+		for _, p := range e.parts {
+			if p.scalar != "" && tp.base.Params[p.param-1].Scalar {
+				b.WriteString(p.scalar)
+			} else {
+				b.WriteString(p.text)
+			}
+		}
+		cur = int(t.list[e.to-1].end)
+	}
+	b.WriteString(sql[cur:])
+	return b.String()
+}
+
 // instantiate renders a cached template for a statement with the same
 // token shape, or returns nil when the statement needs a full analysis.
 func (tp *template) instantiate(sql string, t *tokens) *Result {
@@ -148,5 +189,6 @@ func (tp *template) instantiate(sql string, t *tokens) *Result {
 	r := tp.base
 	r.SQL = out
 	r.Literals = lits
+	r.ScalarSQL = tp.renderScalar(sql, t)
 	return &r
 }
