@@ -63,9 +63,6 @@ func newTestKey(t *testing.T, id uint32) *crypto.Key {
 // form, which the proxy prepares under a name of its own, and finds rows
 // under both keys; closing the client's statement closes the proxy's.
 func TestScalarLookupAcrossRotation(t *testing.T) {
-	if testing.Short() && os.Getenv("CI") == "" {
-		t.Skip("starts PostgreSQL")
-	}
 	pg := pgtest.New(t, pgtest.Options{})
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
