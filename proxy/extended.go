@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -700,42 +701,44 @@ func cstrings(dst [][]byte, body []byte, n int) ([][]byte, bool) {
 
 func (s *session) onBind(ctx context.Context, msg []byte) error {
 	s.es.inBatch = true
-	var nameBuf [2][]byte
-	names, ok := cstrings(nameBuf[:0], msg[5:], 2)
+	portalName, rest, ok := cstring(msg[5:])
 	if !ok {
-		return errors.New("malformed Bind message")
+		return errMalformedBind
 	}
-	st := s.es.stmts[string(names[1])]
+	stmtName, _, ok := cstring(rest)
+	if !ok {
+		return errMalformedBind
+	}
+	st := s.es.stmts[string(stmtName)]
 	if !st.touches() {
 		if len(s.es.portals) > 0 {
-			delete(s.es.portals, string(names[0]))
+			delete(s.es.portals, string(portalName))
 		}
 		s.q.push(expect{kind: 'B'})
 		s.toServer = append(s.toServer, msg...)
 		return nil
 	}
-	portal := string(names[0])
-	s.stmtKind = st.res.Kind
-	var b pgproto3.Bind
-	if err := b.Decode(msg[5:]); err != nil {
-		return fmt.Errorf("malformed Bind message: %w", err)
+	b, err := parseBind(msg[5:], s.bindParams[:0])
+	if err != nil {
+		return err
 	}
-	pi := &portalInfo{stmt: st, resultFormats: b.ResultFormatCodes}
+	s.bindParams = b.params
+	defer clear(b.params) // they point into the client's read buffer
+	portal := string(b.portal)
+	s.stmtKind = st.res.Kind
+	pi := &portalInfo{stmt: st, resultFormats: b.resultCodes()}
 	if desc := st.desc.Load(); desc != nil {
-		if sf := s.binaryPolicyFormats(*desc, b.ResultFormatCodes); sf != nil {
-			pi.serverFormats = sf
-			b.ResultFormatCodes = sf
-		}
+		pi.serverFormats = s.binaryPolicyFormats(*desc, pi.resultFormats)
 	}
 	params := st.res.Params
-	if len(b.Parameters) < len(params) {
+	if len(b.params) < len(params) {
 		// The server refuses the count mismatch; let it.
-		params = params[:len(b.Parameters)]
+		params = params[:len(b.params)]
 	}
-	if len(st.hidden) > 0 && len(b.Parameters) != st.nClient {
+	if len(st.hidden) > 0 && len(b.params) != st.nClient {
 		// The server would count the proxy's own parameters too.
 		delete(s.es.portals, portal)
-		s.refuse("08P01", fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(b.Parameters), string(names[1]), st.nClient),
+		s.refuse("08P01", fmt.Sprintf("bind message supplies %d parameters, but prepared statement %q requires %d", len(b.params), string(b.stmt), st.nClient),
 			"", nil, 'B', metrics.RefusalStatement)
 		return nil
 	}
@@ -753,125 +756,157 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 			s.toServer, _ = (&pgproto3.Parse{Name: st.alias, Query: st.res.SQL, ParameterOIDs: st.arrayOIDs}).Encode(s.toServer)
 			s.q.push(expect{kind: 'P', swallow: true, stmt: st, alias: true})
 		}
-		b.PreparedStatement = st.alias
 	}
-	encrypting := len(st.hidden) > 0
-	for _, prm := range params {
+	// policyValues: the Bind carries values of policy columns (perhaps
+	// all NULL); encrypting: at least one of them is to be encrypted.
+	policyValues := len(st.hidden) > 0
+	encrypting := policyValues
+	for i, prm := range params {
 		if prm.Column != nil {
-			encrypting = true
-			break
+			policyValues = true
+			if b.params[i] != nil {
+				encrypting = true
+				break
+			}
 		}
 	}
-	if !encrypting {
+	auditing := policyValues && s.srv.cfg.Audit.Enabled()
+	if !encrypting && pi.serverFormats == nil && !useAlias {
+		if auditing {
+			s.auditBind(st, params)
+		}
 		s.es.portals[portal] = pi
 		s.q.push(expect{kind: 'B', portal: pi})
-		if pi.serverFormats == nil {
-			s.toServer = append(s.toServer, msg...)
-			return nil
-		}
-		out, err := b.Encode(s.toServer)
-		if err != nil {
-			return fmt.Errorf("encode Bind: %w", err)
-		}
-		s.toServer = out
+		s.toServer = append(s.toServer, msg...)
 		return nil
 	}
-	formats := slices.Grow(s.bindFormats[:0], len(b.Parameters))[:len(b.Parameters)]
-	clear(formats)
-	for i := range formats {
-		switch len(b.ParameterFormatCodes) {
-		case 0:
-		case 1:
-			formats[i] = b.ParameterFormatCodes[0]
-		default:
-			if i < len(b.ParameterFormatCodes) {
-				formats[i] = b.ParameterFormatCodes[i]
-			}
-		}
-	}
-	timer := s.encTimer()
-	buf := s.bindBuf[:0]
-	offs := s.bindOffs[:0]
-	for i, prm := range params {
-		if prm.Column == nil || b.Parameters[i] == nil {
-			continue
-		}
-		start := len(buf)
-		var err error
-		switch {
-		case prm.Use == rewrite.UseCompare && st.scalar && prm.Scalar && !useAlias:
-			buf, err = s.scalarCandidate(buf, s.es.scalarKeys[i], s.es.enc, prm.Column, formats[i], b.Parameters[i])
-		case prm.Use == rewrite.UseCompare:
-			buf, err = s.candidates(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i], genericPlanArrayLen)
-		default:
-			buf, err = s.encryptValue(ctx, buf, s.es.enc, prm.Column, formats[i], b.Parameters[i])
-		}
-		if err != nil {
-			delete(s.es.portals, portal)
-			s.refuseErr(annotateParam(err, i, prm.Column), 'B')
-			return nil
-		}
-		offs = append(offs, i, start, len(buf))
-		formats[i] = binaryFormat
-	}
-	// The proxy's parameters for the statement's constants, encrypted now
-	// under the data keys current now. They follow the client's; with
-	// another count from the client the server refuses the Bind.
-	for _, h := range st.hidden {
-		i := len(b.Parameters)
-		start := len(buf)
-		var err error
-		if h.Use == rewrite.UseCompare {
-			buf, err = s.candidates(ctx, buf, s.es.enc, h.Column, textFormat, []byte(h.Value), genericPlanArrayLen)
-		} else {
-			buf, err = s.encryptValue(ctx, buf, s.es.enc, h.Column, textFormat, []byte(h.Value))
-		}
-		if err != nil {
-			delete(s.es.portals, portal)
-			s.refuseErr(err, 'B')
-			return nil
-		}
-		b.Parameters = append(b.Parameters, nil)
-		formats = append(formats, binaryFormat)
-		offs = append(offs, i, start, len(buf))
-	}
-	s.bindBuf, s.bindOffs = buf, offs
-	for k := 0; k < len(offs); k += 3 {
-		b.Parameters[offs[k]] = buf[offs[k+1]:offs[k+2]]
-	}
-	if timer != nil {
-		timer.done(len(offs) / 3)
+
+	// The rewritten Bind goes straight into the outgoing buffer, each
+	// encrypted value written in place. s.toServer itself moves only at the
+	// end, so a refusal half-way leaves nothing of it behind.
+	var w bindWriter
+	out := w.begin(s.toServer)
+	out = appendCString(out, b.portal)
+	if useAlias {
+		out = appendCString(out, st.alias)
 	} else {
-		s.srv.cfg.Metrics.EncryptedUntimed(len(offs) / 3)
+		out = appendCString(out, b.stmt)
 	}
-	if s.srv.cfg.Audit.Enabled() {
-		var cols []*policy.Column
-		for _, prm := range params {
-			if prm.Column != nil && prm.Use == rewrite.UseStore {
-				cols = append(cols, prm.Column)
-			}
+	encrypts := func(i int) bool {
+		return i < len(params) && params[i].Column != nil && b.params[i] != nil
+	}
+	nOut := len(b.params) + len(st.hidden)
+	if !encrypting {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(b.formats)/2))
+		out = append(out, b.formats...)
+		out = append(out, b.rawParams...)
+	} else {
+		if nOut > math.MaxUint16 {
+			delete(s.es.portals, portal)
+			s.refuse("54000", fmt.Sprintf("bind message would carry %d parameters, more than the protocol allows", nOut),
+				"", nil, 'B', metrics.RefusalStatement)
+			return nil
 		}
+		out = binary.BigEndian.AppendUint16(out, uint16(nOut))
+		for i := range b.params {
+			f := b.format(i)
+			if encrypts(i) {
+				f = binaryFormat
+			}
+			out = appendInt16(out, f)
+		}
+		for range st.hidden {
+			out = appendInt16(out, binaryFormat)
+		}
+		out = binary.BigEndian.AppendUint16(out, uint16(nOut))
+		timer := s.encTimer()
+		n := 0
+		for i, v := range b.params {
+			if !encrypts(i) {
+				out = appendValue(out, v)
+				continue
+			}
+			prm := params[i]
+			out = w.beginValue(out)
+			var err error
+			switch {
+			case prm.Use == rewrite.UseCompare && st.scalar && prm.Scalar && !useAlias:
+				out, err = s.scalarCandidate(out, s.es.scalarKeys[i], s.es.enc, prm.Column, b.format(i), v)
+			case prm.Use == rewrite.UseCompare:
+				out, err = s.candidates(ctx, out, s.es.enc, prm.Column, b.format(i), v, genericPlanArrayLen)
+			default:
+				out, err = s.encryptValue(ctx, out, s.es.enc, prm.Column, b.format(i), v)
+			}
+			if err != nil {
+				delete(s.es.portals, portal)
+				s.refuseErr(annotateParam(err, i, prm.Column), 'B')
+				return nil
+			}
+			w.endValue(out)
+			n++
+		}
+		// The proxy's parameters for the statement's constants, encrypted
+		// now under the data keys current now. They follow the client's;
+		// with another count from the client the server refuses the Bind.
 		for _, h := range st.hidden {
-			if h.Use == rewrite.UseStore {
-				cols = append(cols, h.Column)
+			out = w.beginValue(out)
+			var err error
+			if h.Use == rewrite.UseCompare {
+				out, err = s.candidates(ctx, out, s.es.enc, h.Column, textFormat, []byte(h.Value), genericPlanArrayLen)
+			} else {
+				out, err = s.encryptValue(ctx, out, s.es.enc, h.Column, textFormat, []byte(h.Value))
 			}
+			if err != nil {
+				delete(s.es.portals, portal)
+				s.refuseErr(err, 'B')
+				return nil
+			}
+			w.endValue(out)
+			n++
 		}
-		if len(cols) > 0 {
-			s.auditWrite(st.res.Kind, cols, 1)
+		if timer != nil {
+			timer.done(n)
 		} else {
-			s.auditKeys = nil
+			s.srv.cfg.Metrics.EncryptedUntimed(n)
 		}
 	}
-	b.ParameterFormatCodes = formats
-	s.bindFormats = formats[:0] // Encode below copies them out
+	if auditing {
+		// After the encryption: it noted the data keys used.
+		s.auditBind(st, params)
+	}
+	if sf := pi.serverFormats; sf != nil {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(sf)))
+		for _, f := range sf {
+			out = appendInt16(out, f)
+		}
+	} else {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(b.results)/2))
+		out = append(out, b.results...)
+	}
+	s.toServer = w.finish(out)
 	s.es.portals[portal] = pi
 	s.q.push(expect{kind: 'B', portal: pi})
-	out, err := b.Encode(s.toServer)
-	if err != nil {
-		return fmt.Errorf("encode Bind: %w", err)
-	}
-	s.toServer = out
 	return nil
+}
+
+// auditBind records the write of a Bind's encrypted values.
+func (s *session) auditBind(st *stmtInfo, params []rewrite.Param) {
+	var cols []*policy.Column
+	for _, prm := range params {
+		if prm.Column != nil && prm.Use == rewrite.UseStore {
+			cols = append(cols, prm.Column)
+		}
+	}
+	for _, h := range st.hidden {
+		if h.Use == rewrite.UseStore {
+			cols = append(cols, h.Column)
+		}
+	}
+	if len(cols) > 0 {
+		s.auditWrite(st.res.Kind, cols, 1)
+	} else {
+		s.auditKeys = nil
+	}
 }
 
 // binaryPolicyFormats returns per-column result formats asking for every

@@ -149,15 +149,14 @@ type session struct {
 	copyIn         *copyStream // client pump: COPY FROM STDIN into a policy table
 	copyOut        *copyStream // server pump: COPY TO STDOUT from a policy table
 	// Scratch buffers, each owned by one pump.
-	scratch, envBuf, bindBuf, candBuf []byte  // client pump
-	bindOffs                          []int   // client pump: onBind's encrypted parameters
-	bindFormats                       []int16 // client pump: onBind's parameter formats
-	encKeys                           []encKey
-	encStmts                          uint64 // client pump: statements that encrypted, for sampling their timing
-	encT                              encTiming
-	stmtKind                          string // client pump: the kind of the statement being handled, for audit events
-	scratchDec, plainDec              []byte // server pump
-	copyBuf                           []byte // server pump
+	scratch, envBuf, candBuf []byte   // client pump
+	bindParams               [][]byte // client pump: onBind's parameter values (cleared after use)
+	encKeys                  []encKey
+	encStmts                 uint64 // client pump: statements that encrypted, for sampling their timing
+	encT                     encTiming
+	stmtKind                 string // client pump: the kind of the statement being handled, for audit events
+	scratchDec, plainDec     []byte // server pump
+	copyBuf                  []byte // server pump
 }
 
 func newSession(srv *Server, id uint64, c net.Conn) *session {

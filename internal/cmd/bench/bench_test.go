@@ -167,7 +167,7 @@ func TestEncSummaryAndChecks(t *testing.T) {
 	add("plain-scan-10k/prepared", targetProxy, 100, 10)
 	add("enc-scan-10k/prepared", targetProxy, 40, 29)
 	ws := selectWorkloads(allWorkloads(), regexp.MustCompile("prepared"), false)
-	rows := encSummary(summarize(runs), ws)
+	rows := encSummary(summarize(runs), ws, runs)
 	if len(rows) != 3 {
 		t.Fatalf("rows: %+v", rows)
 	}
@@ -189,5 +189,53 @@ func TestEncSummaryAndChecks(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s: %s, want %s (all: %v)", k, got[k], v, got)
 		}
+	}
+}
+
+// The TPS ratio pairs the enc and plain runs of each round: a round where
+// the whole machine was slow moves both sides, not the ratio.
+func TestEncRatioIsPairedByRound(t *testing.T) {
+	var runs []runResult
+	add := func(round int, workload string, tps float64, failed bool) {
+		r := runResult{Round: round, Workload: workload, Clients: encGoalClients, Target: targetProxy, TPS: tps, LatencyMS: 1000 / tps}
+		if failed {
+			r.Error = "boom"
+		}
+		runs = append(runs, r)
+	}
+	// Rounds on a fast, a slow and a medium machine: enc is 0.95x of plain
+	// in two, 0.76x in the third. The ratio of the medians (enc 1900,
+	// plain 2250) would say 0.84; the paired median says 0.95.
+	add(1, "plain-insert/prepared", 3000, false)
+	add(1, "enc-insert/prepared", 2850, false)
+	add(2, "plain-insert/prepared", 1000, false)
+	add(2, "enc-insert/prepared", 950, false)
+	add(3, "plain-insert/prepared", 2500, false)
+	add(3, "enc-insert/prepared", 1900, false)
+	add(4, "plain-insert/prepared", 2000, false)
+	add(4, "enc-insert/prepared", 1500, true) // a failed run pairs with nothing
+	ws := selectWorkloads(allWorkloads(), regexp.MustCompile("insert/prepared"), false)
+	rows := encSummary(summarize(runs), ws, runs)
+	if len(rows) != 1 {
+		t.Fatalf("rows: %+v", rows)
+	}
+	r := rows[0]
+	if len(r.RoundTPSRatios) != 3 || math.Abs(r.RoundTPSRatios[2]-0.76) > 1e-9 {
+		t.Fatalf("round ratios %v", r.RoundTPSRatios)
+	}
+	if math.Abs(r.TPSRatio-0.95) > 1e-9 {
+		t.Errorf("TPS ratio %v, want the median of the rounds' ratios, 0.95", r.TPSRatio)
+	}
+	if math.Abs(r.LatencyRatio-1/0.95) > 1e-9 {
+		t.Errorf("latency ratio %v", r.LatencyRatio)
+	}
+	var ck check
+	for _, c := range encChecks(rows) {
+		if strings.HasPrefix(c.Name, "enc-insert") && strings.Contains(c.Name, "prepared") {
+			ck = c
+		}
+	}
+	if ck.Result != "PASS" || !strings.Contains(ck.Detail, "0.95, 0.95, 0.76") {
+		t.Errorf("check: %+v", ck)
 	}
 }

@@ -180,11 +180,13 @@ type bench struct {
 	// children's is PostgreSQL's; 0 when unknown.
 	postmasterPID int
 	admin         *pgx.Conn // direct connection for Setup and Before statements
-	copy          *copyResult
-	targets       map[string]*target
-	workloads     []workload
-	scripts       map[string]string // script name → file path
-	env           environment
+	// checkpoint runs CHECKPOINT as the superuser; nil without a cluster.
+	checkpoint func(context.Context) error
+	copy       *copyResult
+	targets    map[string]*target
+	workloads  []workload
+	scripts    map[string]string // script name → file path
+	env        environment
 
 	started     time.Time
 	runs        []runResult
@@ -291,6 +293,7 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.onCleanup(cluster.Stop)
+	b.checkpoint = func(ctx context.Context) error { return cluster.Exec(ctx, "CHECKPOINT") }
 	b.postmasterPID = postmasterPID(cluster.DataDir)
 	direct := endpoint{host: cluster.Host, port: cluster.Port, user: pgtest.UserTrust, db: pgtest.Database, tls: o.tls}
 	var tf *tlsFiles
@@ -591,6 +594,14 @@ func (b *bench) measure(ctx context.Context, round int, w workload, clients int,
 	}
 	if err := b.execAll(ctx, w.Before); err != nil {
 		return fail(fmt.Errorf("before-run SQL: %w", err))
+	}
+	// Every run starts with no dirty buffers and a fresh checkpoint
+	// interval: otherwise the writes of an earlier insert run, or a timed
+	// checkpoint, land in whichever run comes next.
+	if b.checkpoint != nil {
+		if err := b.checkpoint(ctx); err != nil {
+			return fail(fmt.Errorf("checkpoint before the run: %w", err))
+		}
 	}
 	var ticks0 int64
 	if t.d != nil {

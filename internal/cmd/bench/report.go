@@ -194,7 +194,7 @@ func (b *bench) report(interrupted bool) {
 	if slices.ContainsFunc(b.workloads, func(w workload) bool { return !isEnc(w.Name) }) {
 		checks = goalChecks(cells)
 	}
-	enc := encSummary(cells, b.workloads)
+	enc := encSummary(cells, b.workloads, b.runs)
 	if len(enc) > 0 {
 		checks = append(checks, encChecks(enc)...)
 	}
