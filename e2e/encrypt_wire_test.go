@@ -173,3 +173,57 @@ func TestEncryptWireSequences(t *testing.T) {
 	expectSeq(t, "nothing of the refused query", got, "T count:20/0", `D "0"`, "C SELECT 1", "Z I")
 	e.assertNoPlaintext(t, 3, "ssn-3", "three@x")
 }
+
+// Binds the proxy rewrites are checked as the server would check them, and
+// NULL and empty values keep their meaning.
+func TestEncryptWireBindEdges(t *testing.T) {
+	e := startEncrypting(t)
+	w := e.wire(t)
+	ins := `INSERT INTO ` + e.users + ` (id, ssn, email, age) VALUES ($1, $2, $3, $4)`
+	got := w.send(1, &pgproto3.Parse{Name: "ins", Query: ins}, &pgproto3.Sync{})
+	expectSeq(t, "parse", got, "1", "Z I")
+
+	// Two format codes for four parameters: refused, nothing sent on.
+	got = w.send(1,
+		&pgproto3.Bind{PreparedStatement: "ins", ParameterFormatCodes: []int16{0, 0},
+			Parameters: [][]byte{[]byte("7"), []byte("ssn-bad-formats"), []byte("bad@x"), []byte("1")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "format count", got, "E 08P01", "Z I")
+	// Too few parameters: the server's own refusal.
+	got = w.send(1,
+		&pgproto3.Bind{PreparedStatement: "ins", Parameters: [][]byte{[]byte("7"), []byte("ssn-few")}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "parameter count", got, "E 08P01", "Z I")
+
+	// NULL and the empty string in policy columns, one format code for all,
+	// then every policy value NULL (nothing to encrypt).
+	got = w.send(1,
+		&pgproto3.Bind{PreparedStatement: "ins", ParameterFormatCodes: []int16{0},
+			Parameters: [][]byte{[]byte("8"), nil, {}, []byte("30")}},
+		&pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "ins", Parameters: [][]byte{[]byte("9"), nil, nil, nil}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "NULL and empty", got, "2", "C INSERT 0 1", "2", "C INSERT 0 1", "Z I")
+	got = w.send(1,
+		&pgproto3.Parse{Query: `SELECT id, ssn, email, age FROM ` + e.users + ` WHERE id IN (8, 9) ORDER BY id`},
+		&pgproto3.Bind{},
+		&pgproto3.Execute{},
+		&pgproto3.Parse{Query: `SELECT id FROM ` + e.users + ` WHERE email = $1`},
+		&pgproto3.Bind{Parameters: [][]byte{{}}},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{})
+	expectSeq(t, "read back", got, "1", "2", `D "8",NULL,"","30"`, `D "9",NULL,NULL,NULL`, "C SELECT 2",
+		"1", "2", `D "8"`, "C SELECT 1", "Z I")
+	// Stored: the empty string as an envelope, NULL as NULL; nothing of
+	// the refused Binds.
+	row := e.direct(t, 8)
+	if _, ok := row["ssn"]; ok || len(row["email"]) == 0 || row["email"][0] != 0xC1 {
+		t.Fatalf("row 8 stored as %q", row)
+	}
+	if row := e.direct(t, 7); len(row) != 0 {
+		t.Fatalf("refused row 7 stored: %q", row)
+	}
+}

@@ -61,6 +61,16 @@ type stmtInfo struct {
 	// and the client's formats are the same (one Describe per execution
 	// is what libpq's PQexecPrepared sends).
 	rdCache *rowDescCache
+	// formats is the client pump's last answer of binaryPolicyFormats for
+	// this statement, reused while desc, catalog and client formats stay.
+	formats *formatsCache
+}
+
+type formatsCache struct {
+	desc   *[]pgproto3.FieldDescription
+	cat    *catalog
+	client []int16
+	server []int16 // shared by the portals: read only
 }
 
 type rowDescCache struct {
@@ -728,7 +738,15 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 	s.stmtKind = st.res.Kind
 	pi := &portalInfo{stmt: st, resultFormats: b.resultCodes()}
 	if desc := st.desc.Load(); desc != nil {
-		pi.serverFormats = s.binaryPolicyFormats(*desc, pi.resultFormats)
+		pi.serverFormats = s.serverFormats(st, desc, pi.resultFormats)
+	}
+	if nf := len(b.formats) / 2; nf > 1 && nf != len(b.params) {
+		// As the server would: the proxy rewrites the codes, so it must
+		// not turn a malformed Bind into a well-formed one.
+		delete(s.es.portals, portal)
+		s.refuse("08P01", fmt.Sprintf("bind message has %d parameter formats but %d parameters", nf, len(b.params)),
+			"", nil, 'B', metrics.RefusalStatement)
+		return nil
 	}
 	params := st.res.Params
 	if len(b.params) < len(params) {
@@ -909,12 +927,23 @@ func (s *session) auditBind(st *stmtInfo, params []rewrite.Param) {
 	}
 }
 
+// serverFormats is binaryPolicyFormats for a portal of st, remembered
+// per statement: a prepared statement's Binds ask for the same formats.
+func (s *session) serverFormats(st *stmtInfo, desc *[]pgproto3.FieldDescription, client []int16) []int16 {
+	cat := s.cat.Load()
+	if c := st.formats; c != nil && c.desc == desc && c.cat == cat && slices.Equal(c.client, client) {
+		return c.server
+	}
+	sf := binaryPolicyFormats(cat, *desc, client)
+	st.formats = &formatsCache{desc: desc, cat: cat, client: slices.Clone(client), server: sf}
+	return sf
+}
+
 // binaryPolicyFormats returns per-column result formats asking for every
 // policy column in binary (so the proxy decrypts raw bytes rather than
 // bytea hex) and every other column as the client asked; nil when the
 // result has no policy column.
-func (s *session) binaryPolicyFormats(fields []pgproto3.FieldDescription, client []int16) []int16 {
-	cat := s.cat.Load()
+func binaryPolicyFormats(cat *catalog, fields []pgproto3.FieldDescription, client []int16) []int16 {
 	var out []int16
 	for i, f := range fields {
 		if cat.lookup(f.TableOID, f.TableAttributeNumber) == nil {
