@@ -38,7 +38,18 @@ type xaes struct {
 	used   uint64      // messages sealed under prefix
 	cur    cipher.AEAD // the AEAD of prefix, once derived
 	cache  map[[12]byte]cipher.AEAD
+	// rnd holds random bytes from crypto/rand, the last rndLeft unused:
+	// the 12-byte GCM nonces are taken from it, so that one read of the
+	// system's generator serves hundreds of messages (a read costs more
+	// than the AES-GCM seal of a small value). Each byte is used once;
+	// nonces are public, so holding the next ones in memory reveals
+	// nothing an attacker could use.
+	rnd     [nonceBatch * 12]byte
+	rndLeft int
 }
+
+// nonceBatch is how many GCM nonces one read of crypto/rand provides.
+const nonceBatch = 256
 
 // prefixLimit bounds the messages encrypted under one derived key. With
 // random 96-bit GCM nonces, q messages collide with probability at most
@@ -109,10 +120,18 @@ func (x *xaes) seal(s *scratch, dst, nonce, plaintext, ad []byte) []byte {
 // sealCached fills nonce with the current prefix and 12 random bytes and
 // seals under the prefix's cached derived key.
 func (x *xaes) sealCached(s *scratch, dst, nonce, plaintext, ad []byte) ([]byte, error) {
-	if _, err := rand.Read(nonce[12:]); err != nil {
-		return nil, err
-	}
 	x.mu.Lock()
+	if x.rndLeft == 0 {
+		if _, err := rand.Read(x.rnd[:]); err != nil {
+			x.mu.Unlock()
+			return nil, err
+		}
+		x.rndLeft = len(x.rnd)
+	}
+	off := len(x.rnd) - x.rndLeft
+	copy(nonce[12:], x.rnd[off:off+12])
+	clear(x.rnd[off : off+12])
+	x.rndLeft -= 12
 	if x.used == 0 || x.used >= prefixLimit {
 		if _, err := rand.Read(x.prefix[:]); err != nil {
 			x.mu.Unlock()

@@ -106,34 +106,35 @@ func (t *tokens) text(sql string, from, to int) string {
 	return sql[t.list[from].start:t.list[to-1].end]
 }
 
-// sameShape reports whether b (the tokens of sql) has the same token
-// sequence as a (of orig), allowing only the text of variable constants
-// to differ. Two such statements have the same parse tree up to constant
-// values, because the grammar only sees token kinds and the text of
-// non-constant tokens.
 // shapeSeed keys shapeHash for this process.
 var shapeSeed = maphash.MakeSeed()
 
 // shapeHash hashes what sameShape compares: every token's kind, and the
 // text of every token but the variable constants. Statements that differ
-// only in those constants hash alike, so the template cache can be keyed
-// by it without asking the parser for a fingerprint; a collision is
-// harmless, as instantiate checks sameShape before using a template.
+// only in those constants (or in whitespace and comments, which are not
+// tokens) hash alike, so the template cache can be keyed by it without
+// asking the parser for a fingerprint; a collision is harmless, as
+// instantiate checks sameShape before using a template. The shape is laid
+// out in one buffer and hashed once: a hash call per token cost more than
+// the lexing.
 func shapeHash(sql string, t *tokens) uint64 {
-	var h maphash.Hash
-	h.SetSeed(shapeSeed)
-	var k [4]byte
+	var stack [512]byte
+	b := stack[:0]
 	for _, x := range t.list {
-		binary.LittleEndian.PutUint32(k[:], uint32(x.kind))
-		h.Write(k[:])
+		b = binary.LittleEndian.AppendUint32(b, uint32(x.kind))
 		if !isVarConst(x.kind) {
-			h.WriteString(sql[x.start:x.end])
+			b = append(b, sql[x.start:x.end]...)
 		}
-		h.WriteByte(0)
+		b = append(b, 0)
 	}
-	return h.Sum64()
+	return maphash.Bytes(shapeSeed, b)
 }
 
+// sameShape reports whether b (the tokens of sql) has the same token
+// sequence as a (of orig), allowing only the text of variable constants
+// to differ. Two such statements have the same parse tree up to constant
+// values, because the grammar only sees token kinds and the text of
+// non-constant tokens.
 func sameShape(orig string, a *tokens, sql string, b *tokens) bool {
 	if len(a.list) != len(b.list) {
 		return false
