@@ -118,8 +118,11 @@
 // with random 96-bit nonces over at most 2^28 messages: q²/2^97 = 2^-41;
 // across prefixes the terms above still hold (prefixes are random 96-bit
 // values, so two processes share one with probability ~p²/2^97 for p
-// prefixes). Encrypt with an explicit rnd draws all 24 bytes from it, as
-// the known-answer vectors do.
+// prefixes). The random N[12:24] come from crypto/rand in batches of 256
+// (one 3 KiB read per 256 messages, each byte used once and wiped when
+// used): they are public once written, so drawing them ahead changes
+// nothing above. Encrypt with an explicit rnd draws all 24 bytes from it,
+// as the known-answer vectors do.
 //
 // So one DEK is safe for at least 2^48 values even by the conservative
 // bound, 65 536 times the plain-GCM budget, and DEK rotation never has to be
