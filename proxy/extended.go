@@ -167,10 +167,27 @@ func (q *queue) popUntilSync() {
 	}
 }
 
+// portalSlab is how many portalInfos newPortal allocates at once.
+const portalSlab = 32
+
+// newPortal returns a zero portalInfo. They are carved from slabs, one
+// allocation per portalSlab Binds instead of one per Bind; each is used
+// for one portal and never recycled (a slab lives while any of its
+// portals is referenced, a few KiB at most).
+func (es *encState) newPortal() *portalInfo {
+	if len(es.slab) == 0 {
+		es.slab = make([]portalInfo, portalSlab)
+	}
+	pi := &es.slab[0]
+	es.slab = es.slab[1:]
+	return pi
+}
+
 // encState is the client pump's encryption state of a session.
 type encState struct {
 	stmts      map[string]*stmtInfo
 	portals    map[string]*portalInfo
+	slab       []portalInfo // newPortal's unused portalInfos
 	searchPath []string
 	inBatch    bool // extended-protocol messages sent since the last Sync
 	enc        *codec
@@ -736,7 +753,8 @@ func (s *session) onBind(ctx context.Context, msg []byte) error {
 	defer clear(b.params) // they point into the client's read buffer
 	portal := string(b.portal)
 	s.stmtKind = st.res.Kind
-	pi := &portalInfo{stmt: st, resultFormats: b.resultCodes()}
+	pi := s.es.newPortal()
+	pi.stmt, pi.resultFormats = st, b.resultCodes()
 	if desc := st.desc.Load(); desc != nil {
 		pi.serverFormats = s.serverFormats(st, desc, pi.resultFormats)
 	}

@@ -470,7 +470,7 @@ func encChecks(rows []*encRow) []check {
 					r.LatencyRatio, byRound(r.RoundLatRatios), r.Enc.LatencyMS, r.Plain.LatencyMS)
 			default:
 				ck.Result = verdict(r.TPSRatio >= encGoalTPS)
-				ck.Detail = fmt.Sprintf("%.2fx%s; median enc %.0f vs plain %.0f TPS",
+				ck.Detail = fmt.Sprintf("%.3fx%s; median enc %.0f vs plain %.0f TPS",
 					r.TPSRatio, byRound(r.RoundTPSRatios), r.Enc.TPS, r.Plain.TPS)
 			}
 			checks = append(checks, ck)
