@@ -185,9 +185,12 @@ func (es *encState) newPortal() *portalInfo {
 
 // encState is the client pump's encryption state of a session.
 type encState struct {
-	stmts      map[string]*stmtInfo
-	portals    map[string]*portalInfo
-	slab       []portalInfo // newPortal's unused portalInfos
+	stmts   map[string]*stmtInfo
+	portals map[string]*portalInfo
+	slab    []portalInfo // newPortal's unused portalInfos
+	// memo is the analyser's memo of this session's simple-protocol
+	// statements (the last template used; see rewrite.Memo).
+	memo       rewrite.Memo
 	searchPath []string
 	inBatch    bool // extended-protocol messages sent since the last Sync
 	enc        *codec
@@ -330,9 +333,9 @@ func (s *session) injectCatalogQuery() {
 	s.q.push(expect{kind: 'q', swallow: true, loader: newCatalogLoader(s.pol.pol)})
 }
 
-func (s *session) analyze(sql string) *rewrite.Result {
+func (s *session) analyze(memo *rewrite.Memo, sql string) *rewrite.Result {
 	s.forgetDeallocated(sql)
-	res := s.pol.analyzer.Analyze(sql, s.searchPath())
+	res := s.pol.analyzer.AnalyzeMemo(memo, sql, s.searchPath())
 	if res.SearchPathChanged {
 		if res.SearchPath != nil && !res.SearchPathLocal {
 			sp := make([]string, 0, len(res.SearchPath))
@@ -461,7 +464,7 @@ func (s *session) onQuery(ctx context.Context, msg []byte) error {
 			return nil
 		}
 	}
-	res := s.analyze(q.String)
+	res := s.analyze(&s.es.memo, q.String)
 	s.stmtKind = res.Kind
 	if ref := s.ensureCatalog(res, 1); ref != nil {
 		res = &rewrite.Result{Touches: true, Refusal: ref}
@@ -614,7 +617,7 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("malformed Parse message: %w", err)
 	}
 	s.closeAlias(s.es.stmts[p.Name])
-	res := s.analyze(p.Query)
+	res := s.analyze(nil, p.Query)
 	s.stmtKind = res.Kind
 	if ref := s.ensureCatalog(res, 0); ref != nil {
 		res = &rewrite.Result{Touches: true, Refusal: ref}

@@ -176,4 +176,11 @@
 //     string continuation, U&”), falls back to a full analysis. Results
 //     from fingerprint hits are not added to the exact cache, so changing
 //     constants do not evict stable statements.
+//   - per session (AnalyzeMemo with the session's Memo, used for Query
+//     messages): the template of the session's last templated statement
+//     and its text up to the first constant. A statement that starts with
+//     that text and has the template's token shape is instantiated at
+//     once, skipping the table-name scan and both shared lookups (about
+//     half the cost of a fingerprint hit); anything else takes the path
+//     above, which moves the Memo to the template it finds.
 package rewrite

@@ -219,6 +219,43 @@ func (a *Analyzer) Policy() *policy.Policy { return a.pol }
 // searchPath (nil means ["public"]). It never panics: trouble inside the
 // analyser becomes a Refusal when the statement may touch a policy table.
 func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
+	return a.AnalyzeMemo(nil, sql, searchPath)
+}
+
+// A Memo holds, for one caller (a session; a Memo is not safe for
+// concurrent use), the template of the last statement that Analyze
+// answered from a template, and the statement's text up to its first
+// constant. A simple-protocol client sends the same statements with other
+// constants over and over: when the next text starts with that prefix and
+// has the template's token shape, AnalyzeMemo instantiates the template at
+// once, without the table-name scan and the shared caches' lookups. The
+// shape check is the one the shared template cache makes, so the answer is
+// the same. The zero Memo is empty.
+type Memo struct {
+	a      *Analyzer
+	sp     string // the search path the template was made for
+	prefix string
+	t      *template
+}
+
+// AnalyzeMemo is Analyze, trying m's template first and remembering the
+// template it uses in m. m may be nil.
+func (a *Analyzer) AnalyzeMemo(m *Memo, sql string, searchPath []string) (res *Result) {
+	if m != nil && m.t != nil && m.a == a && len(m.prefix) > 0 && strings.HasPrefix(sql, m.prefix) {
+		sp := defaultSearchPath
+		if searchPath != nil {
+			sp = searchPath
+		}
+		if joinPath(sp) == m.sp {
+			if toks, lexed := lex(sql); lexed {
+				r := m.t.instantiate(sql, toks)
+				toks.release()
+				if r != nil {
+					return r
+				}
+			}
+		}
+	}
 	touch, path := a.needsAnalysis(sql)
 	if !touch && !path {
 		return &Result{SQL: sql, Kind: quickKind(sql)}
@@ -263,6 +300,7 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 		fp, fpOK = shapeHash(sql, toks), true
 		if t, ok := a.fps.get(fpKey{key.sp, fp}); ok {
 			if r := t.instantiate(sql, toks); r != nil {
+				m.remember(a, key.sp, sql, toks, t)
 				if lexed {
 					toks.release() // r keeps no reference to them
 				}
@@ -294,8 +332,23 @@ func (a *Analyzer) Analyze(sql string, searchPath []string) (res *Result) {
 	}
 	if fpOK && t != nil && t.reusable {
 		a.fps.put(fpKey{key.sp, fp}, t)
+		m.remember(a, key.sp, sql, toks, t)
 	}
 	return r
+}
+
+// remember keeps t, a template sql instantiates (toks are sql's tokens),
+// with sql's text up to its first constant.
+func (m *Memo) remember(a *Analyzer, sp, sql string, toks *tokens, t *template) {
+	if m == nil || m.t == t && m.a == a && m.sp == sp && strings.HasPrefix(sql, m.prefix) {
+		return
+	}
+	for _, k := range toks.list {
+		if isVarConst(k.kind) {
+			*m = Memo{a: a, sp: sp, prefix: strings.Clone(sql[:k.start]), t: t}
+			return
+		}
+	}
 }
 
 var defaultSearchPath = []string{"public"}

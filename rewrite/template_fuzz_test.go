@@ -33,10 +33,12 @@ func FuzzTemplate(f *testing.F) {
 	f.Add(1, "'a''b'", "E'\\x41\\n'")
 	warm := testAnalyzer(f)
 	cold := NewAnalyzer(warm.Policy(), Options{CacheSize: -1})
-	for _, s := range templateShapes {
-		// Warm the template cache with ordinary constants.
+	memos := make([]Memo, len(templateShapes))
+	for i, s := range templateShapes {
+		// Warm the template cache (and each shape's Memo) with ordinary
+		// constants.
 		for _, v := range []string{"'seed'", "1"} {
-			warm.Analyze(strings.ReplaceAll(s, "@", v), nil)
+			warm.AnalyzeMemo(&memos[i], strings.ReplaceAll(s, "@", v), nil)
 		}
 	}
 	f.Fuzz(func(t *testing.T, shape int, a, b string) {
@@ -68,6 +70,13 @@ func FuzzTemplate(f *testing.F) {
 		}
 		if spliced(w) != spliced(c) || w.Touches != c.Touches || w.Kind != c.Kind {
 			t.Fatalf("%q:\ncached %s\nfull   %s", sql, spliced(w), spliced(c))
+		}
+		// The Memo's template, tried first, must agree too. A copy: the
+		// Memo then moves to whatever this input matched.
+		m := memos[shape%len(templateShapes)]
+		mr := warm.AnalyzeMemo(&m, sql, nil)
+		if mr.Refusal != nil || spliced(mr) != spliced(c) || mr.Touches != c.Touches || mr.Kind != c.Kind {
+			t.Fatalf("%q:\nmemo %s (%v)\nfull %s", sql, spliced(mr), mr.Refusal, spliced(c))
 		}
 	})
 }
