@@ -65,12 +65,8 @@ func TestMemo(t *testing.T) {
 func BenchmarkMemoHit(b *testing.B) {
 	a := testAnalyzer(b)
 	var m Memo
-	a.AnalyzeMemo(&m, "INSERT INTO users(id, ssn, email, age) VALUES (0, 'seed', 'seed@example.com', 1)", nil)
-	qs := make([]string, 1024)
-	for i := range qs {
-		n := strconv.Itoa(i + 1)
-		qs[i] = "INSERT INTO users(id, ssn, email, age) VALUES (" + n + ", '123-45-" + n + "', 'u" + n + "@example.com', " + n + ")"
-	}
+	a.AnalyzeMemo(&m, seedInsert, nil)
+	qs := changingInserts()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
