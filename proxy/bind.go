@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 )
@@ -66,13 +67,14 @@ func parseBind(body []byte, params [][]byte) (bindMsg, error) {
 	return m, nil
 }
 
+// cstring splits the NUL-terminated string at the start of b off the rest
+// (sub-slices: map lookups with string(s) do not copy).
 func cstring(b []byte) (s, rest []byte, ok bool) {
-	for i, c := range b {
-		if c == 0 {
-			return b[:i], b[i+1:], true
-		}
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, b, false
 	}
-	return nil, b, false
+	return b[:i], b[i+1:], true
 }
 
 // int16Array splits a count-prefixed array of 2-byte codes off b.

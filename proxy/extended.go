@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -617,15 +616,20 @@ func (s *session) onParse(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("malformed Parse message: %w", err)
 	}
 	s.closeAlias(s.es.stmts[p.Name])
-	res := s.analyze(nil, p.Query)
-	s.stmtKind = res.Kind
-	if ref := s.ensureCatalog(res, 0); ref != nil {
-		res = &rewrite.Result{Touches: true, Refusal: ref}
-	}
+	var res *rewrite.Result
 	if strings.HasPrefix(p.Name, aliasPrefix) {
+		// Refused before any analysis, which would track what the
+		// statement does (search_path, DEALLOCATE) as if it ran.
+		s.stmtKind = "other"
 		res = &rewrite.Result{Touches: true, Refusal: &rewrite.Refusal{Code: "42939",
 			Message: fmt.Sprintf("prepared statement names starting with %q are reserved by pgcrypt-proxy", aliasPrefix),
 			Hint:    "choose another statement name"}}
+	} else {
+		res = s.analyze(nil, p.Query)
+		s.stmtKind = res.Kind
+		if ref := s.ensureCatalog(res, 0); ref != nil {
+			res = &rewrite.Result{Touches: true, Refusal: ref}
+		}
 	}
 	s.es.inBatch = true
 	if res.Refusal != nil {
@@ -712,21 +716,6 @@ const genericPlanArrayLen = 10
 func sameTextFamily(a, b uint32) bool {
 	text := func(o uint32) bool { return o == 25 || o == 1043 || o == 705 }
 	return text(a) && text(b)
-}
-
-// cstrings reads the leading NUL-terminated strings of a message body.
-// cstrings splits the first n NUL-terminated strings off body, as
-// sub-slices (no allocation: map lookups with string(b) do not copy).
-func cstrings(dst [][]byte, body []byte, n int) ([][]byte, bool) {
-	for i := 0; i < n; i++ {
-		j := bytes.IndexByte(body, 0)
-		if j < 0 {
-			return nil, false
-		}
-		dst = append(dst, body[:j])
-		body = body[j+1:]
-	}
-	return dst, true
 }
 
 func (s *session) onBind(ctx context.Context, msg []byte) error {
@@ -1014,12 +1003,11 @@ func (s *session) onDescribe(msg []byte) error {
 
 func (s *session) onExecute(msg []byte) error {
 	s.es.inBatch = true
-	var nameBuf [1][]byte
-	names, ok := cstrings(nameBuf[:0], msg[5:], 1)
+	portal, _, ok := cstring(msg[5:])
 	if !ok {
 		return errors.New("malformed Execute message")
 	}
-	pi := s.es.portals[string(names[0])]
+	pi := s.es.portals[string(portal)]
 	if pi != nil {
 		s.srv.cfg.Metrics.Statement(metrics.Encrypted)
 	} else {
@@ -1029,7 +1017,7 @@ func (s *session) onExecute(msg []byte) error {
 		// The proxy must know the result columns to decrypt them: ask,
 		// and keep the answer from the client, which did not ask.
 		pi.describing = true
-		s.toServer, _ = (&pgproto3.Describe{ObjectType: 'P', Name: string(names[0])}).Encode(s.toServer)
+		s.toServer, _ = (&pgproto3.Describe{ObjectType: 'P', Name: string(portal)}).Encode(s.toServer)
 		s.q.push(expect{kind: 'D', swallow: true, portal: pi})
 	}
 	s.q.push(expect{kind: 'E', portal: pi})

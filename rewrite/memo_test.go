@@ -77,3 +77,17 @@ func BenchmarkMemoHit(b *testing.B) {
 		i++
 	}
 }
+
+func TestPathIs(t *testing.T) {
+	for _, sp := range [][]string{nil, {}, {"public"}, {"a", "b"}, {"a", "", "b"}, {"$user", "public"}} {
+		j := joinPath(sp)
+		if !pathIs(sp, j) {
+			t.Errorf("pathIs(%q, joinPath) = false", sp)
+		}
+		for _, other := range []string{"", "public", "a\x00b", "a\x00b\x00", "ab", "a\x00\x00b"} {
+			if got := pathIs(sp, other); got != (j == other) {
+				t.Errorf("pathIs(%q, %q) = %v, joinPath gives %q", sp, other, got, j)
+			}
+		}
+	}
+}

@@ -246,7 +246,7 @@ func (a *Analyzer) AnalyzeMemo(m *Memo, sql string, searchPath []string) (res *R
 		if searchPath != nil {
 			sp = searchPath
 		}
-		if joinPath(sp) == m.sp {
+		if pathIs(sp, m.sp) {
 			if toks, lexed := lex(sql); lexed {
 				r := m.t.instantiate(sql, toks)
 				toks.release()
@@ -364,6 +364,23 @@ func (a *Analyzer) unparseable(sql string, touch bool) *Result {
 		Message: "syntax error in a statement that may reference a table with encrypted columns; the proxy refuses statements it cannot parse",
 		Hint:    "check the statement's syntax (the proxy parses with the PostgreSQL 17 grammar)",
 	}}
+}
+
+// pathIs reports whether joinPath(sp) == joined, without joining.
+func pathIs(sp []string, joined string) bool {
+	for i, p := range sp {
+		if i > 0 {
+			if !strings.HasPrefix(joined, "\x00") {
+				return false
+			}
+			joined = joined[1:]
+		}
+		if !strings.HasPrefix(joined, p) {
+			return false
+		}
+		joined = joined[len(p):]
+	}
+	return joined == ""
 }
 
 func joinPath(sp []string) string {
